@@ -1,0 +1,142 @@
+"""One trial in plain PyTorch: device choice, the epoch loop, evaluation, checkpoint save and load.
+
+Must not import Ray: this path runs on GPU machines that have torch alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ContextManager, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from job.data import DeviceData, batch_indices, load_arrays, to_device
+from job.models import build_model
+from job.results import EpochMetrics
+from job.spec import TrialSpec
+
+EVAL_BATCH = 4096  # evaluation has no gradients: large batches cost nothing extra
+WEIGHTS, TRIAL_JSON = "model.pt", "trial.json"
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0  # epochs completed
+
+
+def choose_device(threads: int | None = None) -> torch.device:
+    """CUDA when present, else the CPU with `threads` intra-op threads (a trial's `cpus`)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def new_state(trial: TrialSpec, device: torch.device) -> TrainState:
+    torch.manual_seed(trial.seed)
+    model = build_model(trial.model).to(device)
+    # The fused kernel does the whole Adam update in one pass; at batch 32 the update is about
+    # half of each step, so this matters on the CPU as much as on CUDA.
+    optimizer = torch.optim.Adam(model.parameters(), lr=trial.optim.lr, weight_decay=trial.optim.weight_decay, fused=True)
+    return TrainState(model, optimizer)
+
+
+def train_trial(trial: TrialSpec, device: torch.device, state: TrainState | None = None) -> Iterator[tuple[EpochMetrics, TrainState]]:
+    """Train from `state` (or from scratch) to `trial.optim.epochs`, yielding after every epoch."""
+    data = to_device(load_arrays(trial.data, trial.seed), device)
+    state = state or new_state(trial, device)
+    for epoch in range(state.epoch + 1, trial.optim.epochs + 1):
+        # One generator per epoch, seeded by the epoch: a resumed trial sees the same batches.
+        gen = torch.Generator().manual_seed(trial.seed * 1_000_003 + epoch)
+        start = time.perf_counter()
+        train_loss, train_acc = train_epoch(state, data, trial, gen)
+        train_s = time.perf_counter() - start
+        test_loss, test_acc = evaluate(state.model, data.x_test, data.y_test, _autocast(trial, device))
+        state.epoch = epoch
+        metrics = EpochMetrics(
+            epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
+            epoch_s=time.perf_counter() - start, samples_per_s=len(data.y_train) / train_s, device=_device_name(device),
+        )
+        yield metrics, state
+
+
+def train_epoch(state: TrainState, data: DeviceData, trial: TrialSpec, gen: torch.Generator) -> tuple[float, float]:
+    """One pass over the training set; returns mean loss and accuracy (percent)."""
+    model, optimizer = state.model, state.optimizer
+    device = data.x_train.device
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    for idx in batch_indices(len(data.y_train), trial.optim.batch_size, gen, device):
+        x, y = data.x_train[idx], data.y_train[idx]
+        with _autocast(trial, device):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Accumulated on the device: no host sync per step.
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(idx)
+    return loss_sum.item() / seen, 100.0 * correct.item() / seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: ContextManager = nullcontext()) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (percent) in large batches, in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)):
+        with autocast:
+            logits = model(xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    return loss_sum.item() / len(y), 100.0 * correct.item() / len(y)
+
+
+def _autocast(trial: TrialSpec, device: torch.device) -> ContextManager:
+    if trial.optim.precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def save_checkpoint(folder: Path, state: TrainState, trial: TrialSpec, metrics: EpochMetrics) -> None:
+    """Weights and optimizer state, plus a JSON that rebuilds the model with no sweep state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch}
+    torch.save(weights, folder / WEIGHTS)
+    meta = {"trial": trial.model_dump(mode="json"), "epoch": state.epoch, "metrics": metrics.to_dict(), "torch": torch.__version__}
+    (folder / TRIAL_JSON).write_text(json.dumps(meta, indent=2))
+
+
+def load_checkpoint(folder: Path, device: torch.device) -> tuple[TrainState, TrialSpec, EpochMetrics]:
+    meta = json.loads((folder / TRIAL_JSON).read_text())
+    trial = TrialSpec.model_validate(meta["trial"])
+    state = new_state(trial, device)
+    weights = torch.load(folder / WEIGHTS, map_location=device, weights_only=True)
+    state.model.load_state_dict(weights["model"])
+    state.optimizer.load_state_dict(weights["optimizer"])
+    state.epoch = weights["epoch"]
+    return state, trial, EpochMetrics.from_dict(meta["metrics"])
+
+
+def evaluate_checkpoint(folder: Path, device: torch.device) -> tuple[TrialSpec, float, float]:
+    """Rebuild a checkpoint's model from its own JSON and score it on its test set."""
+    state, trial, _ = load_checkpoint(folder, device)
+    data = to_device(load_arrays(trial.data, trial.seed), device)
+    loss, acc = evaluate(state.model, data.x_test, data.y_test, _autocast(trial, device))
+    return trial, loss, acc
