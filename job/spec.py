@@ -170,7 +170,10 @@ class SearchSpec(Strict):
 
 class ResourcesSpec(Strict):
     cpus: float = Field(1.0, gt=0.0, le=256.0, description="CPU cores per trial; also its torch thread count")
-    gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per trial, fractional allowed; 0 when the cluster has none")
+    gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per trial, fractional allowed")
+    gpu_fallback: bool = Field(
+        True, description="run on the CPU when the cluster has no GPU; false on autoscaling clusters whose GPU nodes start on demand"
+    )
 
 
 class CheckpointsSpec(Strict):

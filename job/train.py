@@ -32,11 +32,11 @@ class TrainState:
     epoch: int = 0  # epochs completed
 
 
-def choose_device(threads: int | None = None) -> torch.device:
-    """CUDA when present, else the CPU with `threads` intra-op threads (a trial's `cpus`)."""
+def choose_device(threads: int | None = None, use_cuda: bool = True) -> torch.device:
+    """CUDA when present (and wanted), else the CPU with `threads` intra-op threads (a trial's `cpus`)."""
     if threads:
         torch.set_num_threads(threads)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device("cuda") if use_cuda and torch.cuda.is_available() else torch.device("cpu")
 
 
 def new_state(trial: TrialSpec, device: torch.device) -> TrainState:
@@ -62,7 +62,7 @@ def train_trial(trial: TrialSpec, device: torch.device, state: TrainState | None
         state.epoch = epoch
         metrics = EpochMetrics(
             epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
-            epoch_s=time.perf_counter() - start, samples_per_s=len(data.y_train) / train_s, device=_device_name(device),
+            epoch_s=time.perf_counter() - start, samples_per_s=len(data.y_train) / train_s, device=device_name(device),
         )
         yield metrics, state
 
@@ -110,8 +110,8 @@ def _autocast(trial: TrialSpec, device: torch.device) -> ContextManager:
     return nullcontext()
 
 
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def device_name(device: torch.device) -> str:
+    return torch.cuda.getdevice_name(device) if device.type == "cuda" else "cpu"
 
 
 def save_checkpoint(folder: Path, state: TrainState, trial: TrialSpec, metrics: EpochMetrics) -> None:

@@ -1,0 +1,185 @@
+"""The `sweep` command: validate, schema, train, run, submit, results; exit codes.
+
+The only module that reads argv, spec files and the environment. Imported by nothing but
+`job.__main__` and the console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from job.results import METRIC_MODES
+from job.spec import JobSpec, SpecError, json_schema, load_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweep", description="Ray Tune sweeps of model variants, results in S3-compatible storage.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def with_spec(name: str, help: str, optional: bool = False) -> argparse.ArgumentParser:
+        verb = verbs.add_parser(name, help=help, description=help)
+        verb.add_argument("spec", nargs="?" if optional else None, help="job spec (YAML)")
+        verb.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                          help="override a spec field, e.g. --set optim.epochs=3 (repeatable)")
+        return verb
+
+    with_spec("validate", "check a spec and summarise its trials")
+    verbs.add_parser("schema", help="print the spec's JSON Schema")
+    train = with_spec("train", "run one trial in plain PyTorch (no Ray needed)", optional=True)
+    train.add_argument("--variant", help="variant name from the spec (default: the first)")
+    train.add_argument("--checkpoint", type=Path, metavar="DIR", help="save the last epoch's checkpoint here")
+    train.add_argument("--evaluate", type=Path, metavar="DIR", help="evaluate a saved checkpoint instead of training")
+    run = with_spec("run", "run the sweep with Ray Tune and commit results to storage")
+    run.add_argument("--new", action="store_true", help="start a fresh run instead of resuming an unfinished one")
+    submit = with_spec("submit", "submit `sweep run` to a Ray cluster through the Ray Jobs API")
+    submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    results = verbs.add_parser("results", help="list a sweep's runs and print a leaderboard", description="URI is <storage.uri>/<spec name>")
+    results.add_argument("uri", help="the sweep's folder: s3://bucket/prefix/NAME or a local folder")
+    results.add_argument("--run", help="run id (default: the newest committed run)")
+    results.add_argument("--download-best", type=Path, metavar="DIR", help="download the best trial's checkpoint")
+    results.add_argument("--trend", type=Path, nargs="?", const=Path("trend.png"), metavar="PNG", help="plot the best metric across runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except SpecError as err:
+        for line in err.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    job = load_spec(args.spec, args.overrides)
+    print(f"{args.spec}: ok: {job.name}")
+    for name, model in job.variants.items():
+        print(f"  variant {name}: {model.model_dump(exclude={'kind'}) if model.kind == 'mlp' else {}} ({model.kind})")
+    for path, domain in job.search.space.items():
+        print(f"  search {path}: {domain.model_dump()}")
+    print(f"  optim: {job.optim.model_dump()}")
+    print(f"  metric: {job.search.metric} ({METRIC_MODES[job.search.metric]}), scheduler: {job.search.scheduler.kind}")
+    print(f"  trials: {job.trial_count()}  storage: {job.storage.uri}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from job import train
+
+    device = train.choose_device()
+    print(f"device: {device} ({train.device_name(device)})", flush=True)
+    if args.evaluate:
+        trial, loss, acc = train.evaluate_checkpoint(_existing(args.evaluate, "--evaluate"), device)
+        print(f"{trial.variant} {trial.params}: test_loss {loss:.4f} test_acc {acc:.2f}%")
+        return EXIT_OK
+    job = _load(args)
+    trial = _trial_for(job, args.variant)
+    state = None
+    for metrics, state in train.train_trial(trial, device):
+        print(
+            f"epoch {metrics.epoch:3d}  train_loss {metrics.train_loss:.4f}  train_acc {metrics.train_acc:6.2f}  "
+            f"test_loss {metrics.test_loss:.4f}  test_acc {metrics.test_acc:6.2f}  {metrics.epoch_s:6.2f} s  "
+            f"{metrics.samples_per_s:,.0f} samples/s",
+            flush=True,
+        )
+        if args.checkpoint:
+            train.save_checkpoint(args.checkpoint, state, trial, metrics)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from job import storage, sweep
+
+    job = load_spec(args.spec, args.overrides)
+    store = storage.Store(job.storage.uri, storage.StorageSettings.from_env(os.environ))
+    result = sweep.run_sweep(job, store, fresh=args.new)
+    return EXIT_OK if all(t.status == "TERMINATED" for t in result.trials) else EXIT_FAILED
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from job import submit
+
+    job = load_spec(args.spec, args.overrides)
+    return submit.submit(job, args.address, wait=not args.no_wait)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from job import report, storage
+
+    root, name = storage.split_sweep_uri(args.uri)
+    store = storage.Store(root, storage.StorageSettings.from_env(os.environ))
+    runs = store.runs(name)
+    if not runs:
+        raise SpecError([f"{args.uri}: no runs found. The URI is <storage.uri>/<spec name>"])
+    rows = [_run_row(r) for r in runs]
+    print(report.format_table(rows, ["run_id", "status", "trials", "metric", "best"]))
+    if args.trend:
+        points = [(r["run_id"], r["best"]) for r in rows if r["status"] == "committed" and r["best"] != ""]
+        print(f"trend: {report.render_trend(points, rows[-1]['metric'] or 'test_acc', args.trend)}")
+    run_id = args.run or next((r["run_id"] for r in reversed(rows) if r["status"] == "committed"), None)
+    manifest = store.read_manifest(name, run_id) if run_id else None
+    if manifest is None:
+        raise SpecError([f"--run: no committed run (got {run_id}). An incomplete run has no manifest.json; pick one listed as committed"])
+    print(f"\nleaderboard of {run_id} (best first by {manifest['metric']}):")
+    trials = [{**t, **{f"best_{k}": v for k, v in t["best"].items()}} for t in manifest["trials"]]
+    print(report.format_table(trials, ["trial_id", "variant", "params", "status", "epochs", "best_test_acc", "best_test_loss"]))
+    if args.download_best:
+        store.download(f"{name}/{run_id}/report/best", args.download_best)
+        print(f"best checkpoint ({manifest['best_trial']}) -> {args.download_best}; evaluate: sweep train --evaluate {args.download_best}")
+    return EXIT_OK
+
+
+def _run_row(run: dict) -> dict:
+    manifest = run["manifest"] or {}
+    trials = manifest.get("trials", [])
+    metric = manifest.get("metric", "")
+    best = trials[0]["best"].get(metric, "") if trials else ""
+    return {"run_id": run["run_id"], "status": "committed" if run["committed"] else "incomplete",
+            "trials": len(trials) or "", "metric": metric, "best": best}
+
+
+def _load(args: argparse.Namespace) -> JobSpec:
+    if not args.spec:
+        raise SpecError(["spec: missing. Name a spec file, e.g. sweep train specs/smoke.yaml"])
+    return load_spec(args.spec, args.overrides)
+
+
+def _trial_for(job: JobSpec, variant: str | None):
+    from job.spec import resolve_trial
+
+    name = variant or next(iter(job.variants))
+    if name not in job.variants:
+        raise SpecError([f"--variant: no such variant (got '{name}'). Choose one of {', '.join(job.variants)}"])
+    return resolve_trial(job, name, {})
+
+
+def _existing(path: Path, flag: str) -> Path:
+    if not path.is_dir():
+        raise SpecError([f"{flag}: not a checkpoint folder (got {path}). Use a folder from --checkpoint or --download-best"])
+    return path
+
+
+VERBS = {
+    "validate": cmd_validate,
+    "schema": cmd_schema,
+    "train": cmd_train,
+    "run": cmd_run,
+    "submit": cmd_submit,
+    "results": cmd_results,
+}
