@@ -83,6 +83,7 @@ class OptimSpec(Strict):
     epochs: int = Field(50, ge=1, le=10_000, description="training epochs")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="Adam L2 weight decay")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast on CUDA; the CPU always runs fp32")
+    cuda_graph: bool = Field(True, description="on CUDA, capture the training step once as a CUDA graph and replay it")
 
 
 class Grid(Strict):
