@@ -1,0 +1,326 @@
+"""job.storage against a real S3-protocol server (moto, on loopback) and a local folder: the same layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import boto3
+import pyarrow.fs
+import pytest
+
+from job import storage
+from job.spec import SpecError
+from job.storage import MANIFEST, Store, StorageSettings, split_sweep_uri
+
+NAME, RUN, OLDER_RUN = "cifar10-mlp", "20260101T000000Z-beef", "20251231T000000Z-0001"
+REPORT_FILES = {
+    "leaderboard.csv": b"rank,trial_id\n1,a\n",
+    "metrics.csv": b"trial_id,epoch\na,1\n",
+    "curves/a_00000.png": b"\x89PNG fake curve",
+    "best/trial.json": b'{"epoch": 3}',
+    "report.html": b"<html></html>",
+}
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:  # bound, never listening, closed on return: nothing answers there
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _s3_client(env: dict[str, str]) -> Any:
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+
+
+def _report_dir(tmp_path: Path, files: dict[str, bytes] = REPORT_FILES) -> Path:
+    folder = tmp_path / "report-src"
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return folder
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Store, Callable[[str], bytes | None], Callable[[str, bytes], None]]:
+    """A checked store plus raw read/write of `<uri>/<rel>` that bypass job.storage, to verify the layout."""
+    if request.param == "local":
+        root = tmp_path / "store"
+        store = Store(str(root), StorageSettings())
+
+        def raw_put(rel: str, data: bytes) -> None:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+
+        store.check()
+        return store, lambda rel: (root / rel).read_bytes() if (root / rel).is_file() else None, raw_put
+    env = request.getfixturevalue("s3_env")
+    uri = request.getfixturevalue("bucket_uri")
+    store = Store(uri, StorageSettings.from_env(env))
+    store.check()
+    client, bucket = _s3_client(env), uri.split("/")[2]
+
+    def raw_get(rel: str) -> bytes | None:
+        try:
+            return client.get_object(Bucket=bucket, Key=f"prefix/{rel}")["Body"].read()
+        except client.exceptions.NoSuchKey:
+            return None
+
+    return store, raw_get, lambda rel, data: client.put_object(Bucket=bucket, Key=f"prefix/{rel}", Body=data)
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def test_settings_endpoint_s3_variable_wins_and_region_falls_back() -> None:
+    both = StorageSettings.from_env({"AWS_ENDPOINT_URL": "http://generic:1", "AWS_ENDPOINT_URL_S3": "http://s3-only:2"})
+    assert both.endpoint_url == "http://s3-only:2"
+    assert StorageSettings.from_env({"AWS_ENDPOINT_URL": "http://generic:1"}).endpoint_url == "http://generic:1"
+    assert StorageSettings.from_env({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"}).region == "eu-west-1"
+    assert StorageSettings.from_env({"AWS_DEFAULT_REGION": "us-west-2"}).region == "us-west-2"
+    assert StorageSettings.from_env({}).region == "us-east-1"
+    assert StorageSettings.from_env({"AWS_ACCESS_KEY_ID": ""}).access_key_id is None  # empty means unset
+
+
+def test_settings_never_show_the_secret() -> None:
+    settings = StorageSettings.from_env({"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_SESSION_TOKEN": "t0ken-value"})
+    assert settings.secret_access_key is not None and settings.secret_access_key.get_secret_value() == "s3cr3t-value"
+    for text in (repr(settings), str(settings), repr(Store("s3://bucket/p", settings))):
+        assert "s3cr3t-value" not in text and "t0ken-value" not in text
+
+
+# --- check ----------------------------------------------------------------------------------------
+
+
+def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_check_without_credentials_names_the_variables(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    store = Store("s3://some-bucket/prefix", StorageSettings.from_env({"AWS_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"]}))
+    with pytest.raises(SpecError, match=r"^s3://some-bucket/prefix: no S3 credentials \(got AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unset\)") as err:
+        store.check()
+    assert len(err.value.problems) == 1 and "\n" not in str(err.value)
+
+
+def test_check_with_only_a_key_id_names_the_missing_secret(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    settings = StorageSettings.from_env({"AWS_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": "id"})
+    with pytest.raises(SpecError, match=r"got AWS_SECRET_ACCESS_KEY unset\)"):
+        Store("s3://some-bucket/prefix", settings).check()
+
+
+def test_check_fails_fast_on_an_unreachable_endpoint(s3_env: dict[str, str]) -> None:
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    settings = StorageSettings.from_env({**s3_env, "AWS_ENDPOINT_URL": closed})
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=rf"cannot reach the S3 endpoint .*\(got {closed}\)\. Start the S3 server") as err:
+        Store("s3://some-bucket/prefix", settings).check()
+    assert time.monotonic() - started < 15
+    assert len(err.value.problems) == 1 and s3_env["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
+
+
+def test_a_malformed_endpoint_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match=r"^AWS_ENDPOINT_URL: not an http\(s\) URL \(got localhost:9000\)"):
+        Store("s3://bucket/p", StorageSettings(endpoint_url="localhost:9000"))
+
+
+def test_check_creates_the_bucket_and_is_idempotent(s3_env: dict[str, str], bucket_uri: str) -> None:
+    client, bucket = _s3_client(s3_env), bucket_uri.split("/")[2]
+    assert bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+    store = Store(bucket_uri, StorageSettings.from_env(s3_env))
+    store.check()
+    store.check()
+    assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def test_check_on_an_unwritable_local_folder(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SpecError, match=r"a-file/results: storage failed .*Check the folder"):
+        Store(str(tmp_path / "a-file" / "results"), StorageSettings()).check()
+
+
+def test_uris_that_are_not_storage() -> None:
+    with pytest.raises(SpecError, match=r"^storage.uri: unsupported scheme 'gs'"):
+        Store("gs://bucket/p", StorageSettings())
+    with pytest.raises(SpecError, match=r"^storage.uri: not a valid bucket name \(got 'Bad_Bucket'\)"):
+        Store("s3://Bad_Bucket/p", StorageSettings())
+
+
+# --- commit and read back (local and S3 alike) ----------------------------------------------------
+
+
+def test_commit_uploads_every_file_then_the_manifest_then_latest(backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, raw_get, _ = backend
+    order: list[str] = []
+    write = store._write
+    monkeypatch.setattr(store, "_write", lambda rel, data: (order.append(rel), write(rel, data)))
+    written = store.commit_run(NAME, RUN, _report_dir(tmp_path), {"metric": "test_acc", "best_trial": "a_00000"})
+
+    assert order[-2:] == [f"{NAME}/{RUN}/report/{MANIFEST}", f"{NAME}/latest.json"]
+    assert sorted(order[:-2]) == sorted(f"{NAME}/{RUN}/report/{rel}" for rel in REPORT_FILES)
+    manifest = json.loads(raw_get(f"{NAME}/{RUN}/report/{MANIFEST}"))
+    assert manifest == written and manifest["metric"] == "test_acc" and manifest["committed_at"]
+    assert sorted(f["path"] for f in manifest["files"]) == sorted(f"report/{rel}" for rel in REPORT_FILES)
+    for entry in manifest["files"]:
+        data = raw_get(f"{NAME}/{RUN}/{entry['path']}")
+        assert data == REPORT_FILES[entry["path"].removeprefix("report/")]
+        assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    latest = json.loads(raw_get(f"{NAME}/latest.json"))
+    assert latest["run_id"] == RUN and latest["manifest"] == f"{RUN}/report/{MANIFEST}"
+    assert store.runs(NAME) == [{"run_id": RUN, "committed": True, "manifest": manifest}]
+
+
+def test_a_crash_before_the_manifest_leaves_the_run_uncommitted(backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, raw_get, _ = backend
+    write = store._write
+
+    def dies_on_third_file(rel: str, data: Any) -> None:
+        if rel.endswith("metrics.csv"):  # files upload sorted: best/, curves/, leaderboard.csv, metrics.csv
+            raise KeyboardInterrupt("killed mid-upload")
+        write(rel, data)
+
+    monkeypatch.setattr(store, "_write", dies_on_third_file)
+    with pytest.raises(KeyboardInterrupt):
+        store.commit_run(NAME, RUN, _report_dir(tmp_path), {"metric": "test_acc"})
+    assert raw_get(f"{NAME}/{RUN}/report/leaderboard.csv") is not None  # some files did land
+    assert not store.is_committed(NAME, RUN) and store.read_manifest(NAME, RUN) is None
+    assert store.runs(NAME) == [{"run_id": RUN, "committed": False, "manifest": None}]
+    assert raw_get(f"{NAME}/latest.json") is None
+
+
+def test_report_files_without_a_manifest_are_an_incomplete_run(backend: Any) -> None:
+    store, _, raw_put = backend
+    raw_put(f"{NAME}/{RUN}/report/leaderboard.csv", b"rank\n1\n")
+    raw_put(f"{NAME}/{RUN}/tune/experiment_state.json", b"{}")
+    assert store.run_ids(NAME) == [RUN]
+    assert store.runs(NAME) == [{"run_id": RUN, "committed": False, "manifest": None}]
+
+
+def test_recommit_replaces_the_report_and_drops_stale_files(backend: Any, tmp_path: Path) -> None:
+    store, raw_get, _ = backend
+    store.commit_run(NAME, RUN, _report_dir(tmp_path / "first"), {"attempt": 1})
+    second = {"leaderboard.csv": b"rank,trial_id\n1,b\n", "curves/b_00001.png": b"\x89PNG other"}
+    manifest = store.commit_run(NAME, RUN, _report_dir(tmp_path / "second", second), {"attempt": 2})
+    assert [f["path"] for f in manifest["files"]] == ["report/curves/b_00001.png", "report/leaderboard.csv"]
+    assert raw_get(f"{NAME}/{RUN}/report/curves/a_00000.png") is None
+    assert raw_get(f"{NAME}/{RUN}/report/leaderboard.csv") == second["leaderboard.csv"]
+    assert store.read_manifest(NAME, RUN)["attempt"] == 2
+
+
+def test_latest_keeps_pointing_at_the_newest_run(backend: Any, tmp_path: Path) -> None:
+    store, raw_get, _ = backend
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), {})
+    store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), {})  # an older run resumed and finished late
+    assert json.loads(raw_get(f"{NAME}/latest.json"))["run_id"] == RUN
+    assert store.run_ids(NAME) == [OLDER_RUN, RUN]
+    assert [r["committed"] for r in store.runs(NAME)] == [True, True]
+
+
+def test_download_a_folder_and_a_file_and_read_bytes(backend: Any, tmp_path: Path) -> None:
+    store, _, _ = backend
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), {})
+    got = store.download(f"{NAME}/{RUN}/report/best", tmp_path / "best")
+    assert got == [tmp_path / "best" / "trial.json"] and got[0].read_bytes() == REPORT_FILES["best/trial.json"]
+    everything = store.download(f"{NAME}/{RUN}", tmp_path / "run")
+    assert sorted(everything) == sorted(tmp_path / "run" / "report" / rel for rel in [*REPORT_FILES, MANIFEST])
+    assert all(p.is_file() for p in everything)
+    one = store.download(f"{NAME}/{RUN}/report/leaderboard.csv", tmp_path / "lb.csv")
+    assert one == [tmp_path / "lb.csv"] and one[0].read_bytes() == REPORT_FILES["leaderboard.csv"]
+    assert store.read_bytes(f"{NAME}/{RUN}/report/metrics.csv") == REPORT_FILES["metrics.csv"]
+    with pytest.raises(SpecError, match=r"report/nothing: nothing stored there"):
+        store.download(f"{NAME}/{RUN}/report/nothing", tmp_path / "x")
+    with pytest.raises(SpecError, match=r"report/nothing.csv: no such file"):
+        store.read_bytes(f"{NAME}/{RUN}/report/nothing.csv")
+
+
+def test_no_runs_under_an_unknown_name(backend: Any) -> None:
+    store, _, _ = backend
+    assert store.run_ids("never-ran") == [] and store.runs("never-ran") == []
+
+
+# --- where Ray Tune writes ------------------------------------------------------------------------
+
+
+def test_tune_location_on_s3_is_a_working_pyarrow_filesystem(s3_env: dict[str, str], bucket_uri: str) -> None:
+    store = Store(bucket_uri, StorageSettings.from_env(s3_env))
+    store.check()
+    path, fs = store.tune_location(NAME, RUN)
+    bucket = bucket_uri.split("/")[2]
+    assert path == f"{bucket}/prefix/{NAME}/{RUN}" and isinstance(fs, pyarrow.fs.S3FileSystem)
+    with fs.open_output_stream(f"{path}/tune/experiment_state.json") as out:
+        out.write(b'{"ok": true}')
+    key = f"prefix/{NAME}/{RUN}/tune/experiment_state.json"
+    assert _s3_client(s3_env).get_object(Bucket=bucket, Key=key)["Body"].read() == b'{"ok": true}'
+    shipped = pickle.loads(pickle.dumps(fs))  # Ray ships the filesystem to every trial's process
+    with shipped.open_input_stream(f"{path}/tune/experiment_state.json") as source:
+        assert source.read() == b'{"ok": true}'
+    assert store.url(f"{NAME}/{RUN}/tune") == f"s3://{bucket}/prefix/{NAME}/{RUN}/tune"
+
+
+def test_tune_location_on_a_relative_local_folder_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = Store("results", StorageSettings())
+    assert not store.is_s3
+    assert store.tune_location(NAME, RUN) == (str(tmp_path.resolve() / "results" / NAME / RUN), None)
+    assert store.url(f"{NAME}/{RUN}/report") == str(tmp_path.resolve() / "results" / NAME / RUN / "report")
+
+
+def test_local_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(str(tmp_path / "store"), StorageSettings())
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), {})
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.name.endswith(storage.PARTIAL)]
+
+    def rename_fails(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "replace", rename_fails)
+    with pytest.raises(SpecError, match=r"storage failed \(\[Errno 28\] No space left on device\)"):
+        store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), {})
+    assert not (tmp_path / "store" / NAME / OLDER_RUN / "report" / "best" / "trial.json").exists()
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.name.endswith(storage.PARTIAL)]
+
+
+# --- data mirrors and sweep URIs ------------------------------------------------------------------
+
+
+def test_fetch_object_downloads_a_mirror(s3_env: dict[str, str], bucket_uri: str, tmp_path: Path) -> None:
+    Store(bucket_uri, StorageSettings.from_env(s3_env)).check()
+    bucket = bucket_uri.split("/")[2]
+    _s3_client(s3_env).put_object(Bucket=bucket, Key="mirror/cifar-10-python.tar.gz", Body=b"archive bytes")
+    storage.fetch_object(f"s3://{bucket}/mirror/cifar-10-python.tar.gz", tmp_path / "a.tar.gz")
+    assert (tmp_path / "a.tar.gz").read_bytes() == b"archive bytes"
+    with pytest.raises(SpecError, match=rf"s3://{bucket}/mirror/missing.tar.gz: nothing stored there"):
+        storage.fetch_object(f"s3://{bucket}/mirror/missing.tar.gz", tmp_path / "b.tar.gz")
+    with pytest.raises(SpecError, match=r"not an S3 object URI"):
+        storage.fetch_object(f"s3://{bucket}", tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://sweeps/cifar10/cifar10-mlp", ("s3://sweeps/cifar10", "cifar10-mlp")),
+        ("s3://sweeps/cifar10-mlp/", ("s3://sweeps", "cifar10-mlp")),
+        ("results/cifar10-mlp", ("results", "cifar10-mlp")),
+        ("/abs/results/cifar10-mlp", ("/abs/results", "cifar10-mlp")),
+        ("/cifar10-mlp", ("/", "cifar10-mlp")),
+        ("cifar10-mlp", (".", "cifar10-mlp")),
+    ],
+)
+def test_split_sweep_uri(uri: str, expected: tuple[str, str]) -> None:
+    assert split_sweep_uri(uri) == expected
+
+
+def test_split_sweep_uri_needs_a_name() -> None:
+    with pytest.raises(SpecError, match=r"^s3://sweeps: no sweep name at the end\. Use <storage.uri>/<spec name>"):
+        split_sweep_uri("s3://sweeps")
