@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import socket
 import time
 from pathlib import Path
@@ -324,3 +325,33 @@ def test_split_sweep_uri(uri: str, expected: tuple[str, str]) -> None:
 def test_split_sweep_uri_needs_a_name() -> None:
     with pytest.raises(SpecError, match=r"^s3://sweeps: no sweep name at the end\. Use <storage.uri>/<spec name>"):
         split_sweep_uri("s3://sweeps")
+
+
+@pytest.mark.slow
+def test_ray_tune_writes_its_experiment_folder_into_the_run_folder(s3_env: dict[str, str], bucket_uri: str) -> None:
+    """The layout contract end to end: RunConfig(name="tune") lands at <uri>/<name>/<run_id>/tune on S3."""
+    ray = pytest.importorskip("ray")
+    from ray import tune
+
+    store = Store(bucket_uri, StorageSettings.from_env(s3_env))
+    store.check()
+    path, fs = store.tune_location(NAME, RUN)
+
+    def trainable(config: dict[str, Any]) -> None:
+        tune.report({"test_acc": float(config["x"])})
+
+    ours = not ray.is_initialized()  # leave a Ray runtime that another test started alone
+    if ours:
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        run_config = tune.RunConfig(name="tune", storage_path=path, storage_filesystem=fs, verbose=0)
+        grid = tune.Tuner(trainable, param_space={"x": tune.grid_search([1, 2])}, run_config=run_config).fit()
+    finally:
+        if ours:
+            ray.shutdown()
+    assert not grid.errors
+    files = store._files(f"{NAME}/{RUN}/tune")
+    assert any(re.fullmatch(rf"{NAME}/{RUN}/tune/experiment_state-.*\.json", f) for f in files), files
+    assert sum(f.endswith("/result.json") for f in files) == 2
+    assert store.run_ids(NAME) == [RUN] and not store.is_committed(NAME, RUN)
+    assert tune.Tuner.can_restore(f"{path}/tune", storage_filesystem=fs)

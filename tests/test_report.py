@@ -1,0 +1,160 @@
+"""job.report on hand-built results: files written, PNG sizes and colours, ranking, HTML, console tables."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from job import report
+from job.results import EpochMetrics, SweepResult, TrialResult
+
+WIDTH_PX, HEIGHT_PX = report.FIGURE_SIZE_PX
+DARK_RED, DARK_BLUE = (0x8B, 0x00, 0x00), (0x00, 0x00, 0x8B)  # matplotlib's darkred and darkblue
+SPEC = {"name": "cifar10-mlp", "optim": {"lr": 0.0001, "epochs": 3}, "search": {"metric": "test_acc"}}
+
+
+def _epochs(accs: list[float], losses: list[float], device: str = "cpu") -> list[EpochMetrics]:
+    return [
+        EpochMetrics(epoch=i + 1, train_loss=loss - 0.1, train_acc=acc + 2, test_loss=loss, test_acc=acc,
+                     epoch_s=1.5, samples_per_s=1000.0 * (i + 1), device=device)
+        for i, (acc, loss) in enumerate(zip(accs, losses))
+    ]
+
+
+def _result(metric: str = "test_acc") -> SweepResult:
+    """Best by accuracy: b (peak 53) > a (51) > c (48); best by loss: c (1.2) < a (1.4) < b (1.6)."""
+    trials = [
+        TrialResult("a_00000", "basic", {"optim.lr": 0.001}, "TERMINATED", _epochs([40, 51, 50], [1.8, 1.4, 1.5]), "node-1"),
+        TrialResult("b_00001", "batchnorm", {"optim.lr": 0.0001}, "TERMINATED", _epochs([45, 53, 52.5], [1.9, 1.6, 1.7], "cuda"), "node-2"),
+        TrialResult("d_00003", "dropout", {"optim.lr": 0.01}, "ERROR", [], "node-1"),
+        TrialResult("c_00002", "dropout", {"optim.lr": 0.0001}, "TERMINATED", _epochs([44, 48], [1.3, 1.2]), "node-1"),
+    ]
+    return SweepResult("cifar10-mlp", "20260101T000000Z-beef", metric, trials)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """One render shared by the tests that only read it (a render draws four PNGs: about a second)."""
+    out = tmp_path_factory.mktemp("report")
+    return out, report.render(_result(), out, SPEC)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _has_colour(image: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 40) -> bool:
+    pixels = (image[..., :3] * 255).astype(int)
+    return bool((np.abs(pixels - np.array(rgb)).sum(axis=-1) < tolerance).any())
+
+
+def test_render_writes_the_report_layout(rendered: tuple[Path, list[Path]]) -> None:
+    out, paths = rendered
+    expected = ["leaderboard.csv", "metrics.csv", "curves/b_00001.png", "curves/a_00000.png", "curves/c_00002.png", "compare.png", "report.html"]
+    assert paths == [out / rel for rel in expected]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert not (out / "curves" / "d_00003.png").exists()  # a trial that never reported has no curve
+
+
+def test_every_png_decodes_at_the_documented_size(rendered: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    assert (WIDTH_PX, HEIGHT_PX) == (800, 500)
+    paths = rendered[1]
+    trend = report.render_trend([("20260101T000000Z-0001", 51.0), ("20260102T000000Z-0002", 53.0)], "test_acc", tmp_path / "t" / "trend.png")
+    for png in [p for p in paths if p.suffix == ".png"] + [trend]:
+        assert imread(png).shape[:2] == (HEIGHT_PX, WIDTH_PX), png
+
+
+def test_curves_use_the_seed_colours(rendered: tuple[Path, list[Path]]) -> None:
+    curve = imread(rendered[0] / "curves" / "a_00000.png")
+    assert _has_colour(curve, DARK_RED) and _has_colour(curve, DARK_BLUE)
+
+
+@pytest.mark.parametrize(
+    ("metric", "order", "best_column", "best_values"),
+    [
+        ("test_acc", ["b_00001", "a_00000", "c_00002", "d_00003"], "best_test_acc", ["53.0", "51.0", "48.0", ""]),
+        ("test_loss", ["c_00002", "a_00000", "b_00001", "d_00003"], "best_test_loss", ["1.2", "1.4", "1.6", ""]),
+        ("train_loss", ["c_00002", "a_00000", "b_00001", "d_00003"], "best_train_loss", ["1.1", "1.3", "1.5", ""]),
+    ],
+)
+def test_leaderboard_is_best_first_by_the_metric(metric: str, order: list[str], best_column: str, best_values: list[str]) -> None:
+    rows = report.leaderboard_rows(_result(metric))
+    assert [r["trial_id"] for r in rows] == order
+    assert [r["rank"] for r in rows] == [1, 2, 3, ""]  # the trial that never reported is unranked
+    assert [f"{r[best_column]:.1f}" if r[best_column] != "" else "" for r in rows] == best_values
+
+
+def test_leaderboard_csv_is_best_first(rendered: tuple[Path, list[Path]]) -> None:
+    rows = _read_csv(rendered[0] / "leaderboard.csv")
+    assert [(r["rank"], r["trial_id"]) for r in rows] == [("1", "b_00001"), ("2", "a_00000"), ("3", "c_00002"), ("", "d_00003")]
+
+
+def test_leaderboard_row_contents(rendered: tuple[Path, list[Path]]) -> None:
+    top = _read_csv(rendered[0] / "leaderboard.csv")[0]
+    assert json.loads(top["params"]) == {"optim.lr": 0.0001}
+    assert (top["variant"], top["status"], top["node"], top["epochs"], top["device"]) == ("batchnorm", "TERMINATED", "node-2", "3", "cuda")
+    assert float(top["best_test_acc"]) == 53 and float(top["best_test_loss"]) == 1.6 and top["best_epoch"] == "2"
+    assert float(top["last_test_acc"]) == 52.5 and float(top["last_test_loss"]) == 1.7
+    assert float(top["mean_samples_per_s"]) == 2000.0
+
+
+def test_metrics_csv_is_long_format(rendered: tuple[Path, list[Path]]) -> None:
+    rows = _read_csv(rendered[0] / "metrics.csv")
+    assert list(rows[0]) == report.METRICS_COLUMNS
+    assert len(rows) == 3 + 3 + 2
+    b = [r for r in rows if r["trial_id"] == "b_00001"]
+    assert [r["epoch"] for r in b] == ["1", "2", "3"] and [float(r["test_acc"]) for r in b] == [45, 53, 52.5]
+    assert b[0]["variant"] == "batchnorm" and json.loads(b[0]["params"]) == {"optim.lr": 0.0001} and b[0]["device"] == "cuda"
+
+
+def test_report_html_is_self_contained(rendered: tuple[Path, list[Path]]) -> None:
+    page = (rendered[0] / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 1 + 3  # compare.png and one curve per trial that reported
+    assert imread(io.BytesIO(base64.b64decode(images[0])), format="png").shape[:2] == (HEIGHT_PX, WIDTH_PX)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from anywhere else
+    table = page[page.index('<table id="leaderboard">') : page.index("</table>")]
+    assert [m for m in re.findall(r"<td>([abcd]_\d+)</td>", table)] == ["b_00001", "a_00000", "c_00002", "d_00003"]
+    assert "<th>best_test_acc</th>" in table
+    assert "&quot;lr&quot;: 0.0001" in page  # the spec, escaped, in a <pre>
+
+
+def test_render_with_no_trials(tmp_path: Path) -> None:
+    empty = SweepResult("cifar10-mlp", "20260101T000000Z-beef", "test_acc", [])
+    paths = report.render(empty, tmp_path, SPEC)
+    assert [p.name for p in paths] == ["leaderboard.csv", "metrics.csv", "compare.png", "report.html"]
+    assert _read_csv(tmp_path / "leaderboard.csv") == []
+    assert (tmp_path / "leaderboard.csv").read_text().startswith("rank,trial_id,variant,params,status,node,epochs,best_test_acc")
+
+
+def test_format_table_aligns_and_blanks() -> None:
+    rows = [
+        {"trial_id": "a_00000", "best": 53.123456, "params": {"optim.lr": 0.001}, "speed": 21000.4},
+        {"trial_id": "long_trial_name", "best": None},
+    ]
+    text = report.format_table(rows, ["trial_id", "best", "params", "speed"])
+    assert text.splitlines() == [
+        "trial_id          best  params               speed",
+        "---------------  -----  ------------------  ------",
+        'a_00000          53.12  {"optim.lr":0.001}  21,000',
+        "long_trial_name",  # missing cells are blank, trailing spaces trimmed
+    ]
+
+
+def test_format_table_right_aligns_numbers() -> None:
+    text = report.format_table([{"n": 5, "name": "x"}, {"n": 123, "name": "yy"}], ["n", "name"])
+    assert text.splitlines() == ["  n  name", "---  ----", "  5  x", "123  yy"]
+
+
+def test_render_trend_with_no_runs(tmp_path: Path) -> None:
+    png = report.render_trend([], "test_loss", tmp_path / "trend.png")
+    assert png == tmp_path / "trend.png" and imread(png).shape[:2] == (HEIGHT_PX, WIDTH_PX)
