@@ -210,7 +210,7 @@ class Store:
         kind = self.fs.get_file_info(self._path(rel)).type
         keys = self._files(rel) if kind == pyarrow.fs.FileType.Directory else []
         if kind != pyarrow.fs.FileType.File and not keys:
-            raise SpecError([f"{self.url(rel)}: nothing stored there (got no file or folder). Check the path, or list runs with 'sweep results'"])
+            raise SpecError([f"{self.url(rel)}: nothing stored there (got no file or folder). Check the URI and the run id"])
         (dest if keys else dest.parent).mkdir(parents=True, exist_ok=True)  # copy_files makes only the subfolders
         pyarrow.fs.copy_files(self._path(rel), str(dest), source_filesystem=self.fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
         return [dest / key[len(rel) + 1 :] for key in keys] if keys else [dest]

@@ -245,6 +245,16 @@ def test_download_a_folder_and_a_file_and_read_bytes(backend: Any, tmp_path: Pat
         store.read_bytes(f"{NAME}/{RUN}/report/nothing.csv")
 
 
+def test_s3_objects_carry_a_content_type_so_the_report_opens_in_a_browser(s3_env: dict[str, str], bucket_uri: str, tmp_path: Path) -> None:
+    store = Store(bucket_uri, StorageSettings.from_env(s3_env))
+    store.check()
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), {})
+    client, bucket = _s3_client(s3_env), bucket_uri.split("/")[2]
+    types = {rel: client.head_object(Bucket=bucket, Key=f"prefix/{NAME}/{RUN}/report/{rel}")["ContentType"]
+             for rel in ("report.html", "leaderboard.csv", "curves/a_00000.png", MANIFEST)}
+    assert types == {"report.html": "text/html", "leaderboard.csv": "text/csv", "curves/a_00000.png": "image/png", MANIFEST: "application/json"}
+
+
 def test_no_runs_under_an_unknown_name(backend: Any) -> None:
     store, _, _ = backend
     assert store.run_ids("never-ran") == [] and store.runs("never-ran") == []
