@@ -10,6 +10,7 @@ import logging
 import platform
 import tempfile
 import time
+from importlib.metadata import version
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-import job
 from job import report, train
 from job.results import EPOCH, MANIFEST_SCHEMA_VERSION, METRIC_MODES, EpochMetrics, SweepResult, TrialResult, best_of
 from job.spec import Choice, Grid, JobSpec, LogUniform, Uniform, resolve_trial
@@ -191,7 +191,7 @@ def _manifest(job_spec: JobSpec, result: SweepResult, wall_s: float) -> dict[str
         "mode": result.mode,
         "wall_s": round(wall_s, 2),
         "spec": job_spec.model_dump(mode="json"),
-        "versions": {"sweep-job": job.__version__, "torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version()},
+        "versions": {"python": platform.python_version(), **{dist: version(dist) for dist in ("sweep-job", "torch", "ray", "pyarrow", "boto3")}},
         "best_trial": best.trial_id if best else None,
         "trials": [
             {
