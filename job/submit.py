@@ -26,12 +26,15 @@ from job.spec import JobSpec, SpecError, parse_spec
 # An address that drops packets would otherwise hang for TCP's ~2 minute connect timeout.
 CONNECT_TIMEOUT_S = 10
 POLL_S = 2.0
+# Ray's job SDK logs every upload and every closed log socket at INFO, on loggers set to INFO.
+CHATTY_LOGGERS = ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
 
 
 def submit(job: JobSpec, address: str, wait: bool = True) -> int:
     """Submit the sweep; with `wait`, stream its logs and return 0 when it SUCCEEDED, else 1."""
     check_shared_storage(job.storage.uri)
-    logging.getLogger("ray").setLevel(logging.WARNING)  # not Ray's "Uploading package ..." chatter
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     address = dashboard_url(address)
     warn_local_source(job)
     client = connect(address)
