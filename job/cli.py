@@ -107,6 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from job import storage, sweep
 
     job = load_spec(args.spec, args.overrides)
+    # Tune's own banner and tables would drown the sweep's one-line progress; its legacy reporter at
+    # verbose=0 prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     store = storage.Store(job.storage.uri, storage.StorageSettings.from_env(os.environ))
     result = sweep.run_sweep(job, store, fresh=args.new)
     return EXIT_OK if all(t.status == "TERMINATED" for t in result.trials) else EXIT_FAILED
