@@ -1,3 +1,5 @@
+"""`python -m job`: the same as the `sweep` command."""
+
 from job.cli import main
 
 raise SystemExit(main())

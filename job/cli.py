@@ -173,7 +173,7 @@ def _trial_for(job: JobSpec, variant: str | None):
 
 
 def _existing(path: Path, flag: str) -> Path:
-    if not path.is_dir():
+    if not (path / "trial.json").is_file():
         raise SpecError([f"{flag}: not a checkpoint folder (got {path}). Use a folder from --checkpoint or --download-best"])
     return path
 

@@ -80,7 +80,10 @@ def _build_cache(spec: DataSpec, root: Path, cache: Path) -> None:
             extract_archive(str(archive), str(tmp))
         except Exception as err:  # tarfile and gzip raise several unrelated types for a bad archive
             raise SpecError([f"data.source: the archive cannot be extracted ({type(err).__name__}: {err}). Use an intact cifar-10-python.tar.gz"]) from None
-        train, test = _VerifiedCIFAR10(str(tmp), train=True), _VerifiedCIFAR10(str(tmp), train=False)
+        try:
+            train, test = _VerifiedCIFAR10(str(tmp), train=True), _VerifiedCIFAR10(str(tmp), train=False)
+        except (RuntimeError, FileNotFoundError) as err:
+            raise SpecError([f"data.source: not a CIFAR-10 archive ({err}) (got {spec.source}). Use cifar-10-python.tar.gz"]) from None
         tensors = {
             "x_train": torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(),
             "y_train": torch.tensor(train.targets, dtype=torch.int64),

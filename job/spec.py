@@ -206,6 +206,14 @@ class JobSpec(Strict):
         bad = [v for v in self.variants if not v.replace("-", "").replace("_", "").isalnum()]
         if bad:
             raise ValueError(f"variants.{bad[0]}: names use letters, digits, '-' and '_' (got '{bad[0]}'). Rename it")
+        for path in self.search.space:
+            key = path.removeprefix("model.")
+            without = [name for name, m in self.variants.items() if key != path and key not in type(m).model_fields]
+            if without:
+                raise ValueError(
+                    f"search.space.{path}: variant '{without[0]}' ({self.variants[without[0]].kind}) has no such field "
+                    f"(got {path}). Search model fields only when every variant has them"
+                )
         return self
 
     def trial_count(self) -> int:
@@ -281,15 +289,15 @@ def _apply_override(raw: Any, item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise SpecError([f"--set {path}: the value is not valid YAML (got '{text}'). Quote it"]) from None
+    if not isinstance(raw, dict):
+        raise SpecError([f"spec: the top level must be a mapping of sections (got {type(raw).__name__}). Start with 'name: ...'"])
+    *sections, field = path.split(".")
     node = raw
-    keys = path.split(".")
-    for key in keys[:-1]:
-        if not isinstance(node, dict):
-            break
+    for key in sections:
         node = node.setdefault(key, {})
-    if not isinstance(node, dict):
-        raise SpecError([f"--set {path}: '{key}' is not a section (got {node!r}). Set a field inside a section"])
-    node[keys[-1]] = value
+        if not isinstance(node, dict):
+            raise SpecError([f"--set {path}: '{key}' is not a section (got {_short(node)}). Set a field inside a section"])
+    node[field] = value
 
 
 def _validated(model: type[BaseModel], raw: dict[str, Any]) -> Any:
@@ -305,7 +313,7 @@ def _problems(model: type[BaseModel], err: ValidationError) -> list[str]:
         loc = _clean_loc(e["loc"])
         path = ".".join(loc) or "spec"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{path}: not a field of the spec.{_did_you_mean(model, loc)}")
+            lines.append(f"{path}: not a field of the spec.{_did_you_mean(model, [str(p) for p in e['loc']])}")
         elif e["type"] == "union_tag_invalid":
             tags = e["ctx"]["expected_tags"]
             lines.append(f"{path}.kind: unknown kind (got {e['ctx']['tag']!r}). Use one of {tags}")
@@ -336,6 +344,10 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     """Field names of the section at `loc`, following nested models, dicts and unions."""
     types: list[Any] = [model]
     for part in loc:
+        tagged = [tp for tp in types if _has_tag(tp, part)]
+        if tagged:  # a union tag in the error's location: keep the member it names
+            types = tagged
+            continue
         inner: list[Any] = []
         for tp in types:
             if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
@@ -345,6 +357,13 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
         types = inner
     models = [tp for tp in types if isinstance(tp, type) and issubclass(tp, BaseModel)]
     return list(dict.fromkeys(name for m in models for name in m.model_fields))
+
+
+def _has_tag(tp: Any, part: str) -> bool:
+    if part not in _KIND_TAGS or not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return False
+    kind = tp.model_fields.get("kind")
+    return kind is not None and kind.default == part
 
 
 def _members(tp: Any) -> list[Any]:

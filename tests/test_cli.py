@@ -131,8 +131,6 @@ def test_evaluate_a_missing_folder(tmp_path: Path) -> None:
     assert "not a checkpoint folder" in line
 
 
-@pytest.mark.xfail(strict=True, reason="job/cli.py _existing only checks is_dir; job/train.py load_checkpoint then raises "
-                   "FileNotFoundError for trial.json: a traceback and exit 1")
 def test_evaluate_a_folder_without_a_checkpoint(tmp_path: Path) -> None:
     assert_user_error(sweep("train", "--evaluate", tmp_path), "--evaluate")
 

@@ -154,13 +154,11 @@ def wrong_archive(tmp_path: Path) -> Path:
 
 def test_archive_without_cifar_batches_leaves_nothing_behind(tmp_path: Path) -> None:
     mirror, root = wrong_archive(tmp_path), tmp_path / "root"
-    with pytest.raises((SpecError, RuntimeError)):  # RuntimeError today: see the xfail below
+    with pytest.raises(SpecError):
         load_arrays(DataSpec(root=str(root), source=str(mirror), sha256=sha256(mirror)), seed=0)
     assert leftovers(root) == []
 
 
-@pytest.mark.xfail(strict=True, reason="job/data.py _build_cache: an intact archive without cifar-10-batches-py raises "
-                   "torchvision's RuntimeError('Dataset not found or corrupted'), a traceback, not a SpecError")
 def test_archive_without_cifar_batches_is_a_spec_error(tmp_path: Path) -> None:
     mirror, root = wrong_archive(tmp_path), tmp_path / "root"
     with pytest.raises(SpecError) as err:

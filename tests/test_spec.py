@@ -92,15 +92,11 @@ def test_every_problem_is_reported_once_per_line() -> None:
     assert sorted(p.split(":")[0] for p in problems) == ["name", "optim.epochs", "optim.lr"]
 
 
-@pytest.mark.xfail(strict=True, reason="job/spec.py _fields_at merges the fields of every union member: a linear variant's "
-                   "stray 'hidden' gets \"Did you mean 'hidden'?\"")
 def test_did_you_mean_only_suggests_fields_of_the_chosen_kind() -> None:
     line = assert_line(problems_of(spec_with(variants={"a": {"kind": "linear", "hidden": 64}})), "variants.a.hidden")
     assert "Did you mean 'hidden'" not in line
 
 
-@pytest.mark.xfail(strict=True, reason="job/spec.py: a model.* search path is not checked against linear variants; "
-                   "the spec validates and every linear trial then fails in resolve_trial")
 def test_model_search_path_must_apply_to_every_variant() -> None:
     raw = spec_with(variants={"lin": {"kind": "linear"}}, search={"space": {"model.hidden": {"grid": [64, 128]}}})
     assert_line(problems_of(raw), "search.space.model.hidden")
@@ -172,16 +168,12 @@ def test_bad_override(override: str, path: str, fragment: str) -> None:
     assert_line(err.value.problems, path, fragment)
 
 
-@pytest.mark.xfail(strict=True, reason="job/spec.py _apply_override names the wrong key for a path through a scalar "
-                   "('x' instead of 'lr' for optim.lr.x.y)")
 def test_override_through_a_scalar_names_the_scalar() -> None:
     with pytest.raises(SpecError) as err:
         load_spec(SPECS / "cifar10.yaml", ["optim.lr.x.y=1"])
     assert_line(err.value.problems, "--set optim.lr.x.y", "'lr' is not a section")
 
 
-@pytest.mark.xfail(strict=True, reason="job/spec.py _apply_override: UnboundLocalError on 'key' for a one-part path "
-                   "when the file's top level is not a mapping")
 def test_override_on_a_non_mapping_file_is_a_spec_error(tmp_path: Path) -> None:
     path = tmp_path / "list.yaml"
     path.write_text("- a\n- b\n")
