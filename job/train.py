@@ -82,7 +82,7 @@ def train_epoch(state: TrainState, data: DeviceData, trial: TrialSpec, gen: torc
         if graph is not None and len(idx) == trial.optim.batch_size:
             graph.run(idx, totals)
         else:
-            _step(state, trial, data.x_train[idx], data.y_train[idx], totals)
+            _step(state, trial, data.x_train.index_select(0, idx), data.y_train.index_select(0, idx), totals)
         seen += len(idx)
     loss_sum, correct = totals.tolist()
     return loss_sum / seen, 100.0 * correct / seen
@@ -96,7 +96,8 @@ def _step(state: TrainState, trial: TrialSpec, x: torch.Tensor, y: torch.Tensor,
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
-    totals += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) == y).sum().float()])
+    totals[0] += loss.detach() * len(y)
+    totals[1] += (logits.argmax(1) == y).sum()
 
 
 class _GraphedStep:
