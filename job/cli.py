@@ -132,10 +132,11 @@ def cmd_results(args: argparse.Namespace) -> int:
         raise SpecError([f"{args.uri}: no runs found. The URI is <storage.uri>/<spec name>"])
     rows = [_run_row(r) for r in runs]
     print(report.format_table(rows, ["run_id", "status", "trials", "metric", "best"]))
+    committed = [r for r in rows if r["status"] == "committed" and r["best"] != ""]
     if args.trend:
-        points = [(r["run_id"], r["best"]) for r in rows if r["status"] == "committed" and r["best"] != ""]
-        print(f"trend: {report.render_trend(points, rows[-1]['metric'] or 'test_acc', args.trend)}")
-    run_id = args.run or next((r["run_id"] for r in reversed(rows) if r["status"] == "committed"), None)
+        metric = committed[-1]["metric"] if committed else "test_acc"
+        print(f"trend: {report.render_trend([(r['run_id'], r['best']) for r in committed], metric, args.trend)}")
+    run_id = args.run or (committed[-1]["run_id"] if committed else None)
     manifest = store.read_manifest(name, run_id) if run_id else None
     if manifest is None:
         raise SpecError([f"--run: no committed run (got {run_id}). An incomplete run has no manifest.json; pick one listed as committed"])

@@ -133,8 +133,9 @@ def test_each_trial_keeps_its_best_checkpoints_and_the_latest(smoke_run) -> None
 def test_results_reads_the_run_back_and_downloads_the_best(smoke_run, tmp_path: Path) -> None:
     _, bucket, manifest, env = smoke_run
     uri = f"s3://{bucket.bucket}/{bucket.prefix}/smoke"
-    shown = run_sweep(["results", uri, "--download-best", str(tmp_path / "best")], env)
+    shown = run_sweep(["results", uri, "--download-best", str(tmp_path / "best"), "--trend", str(tmp_path / "trend.png")], env)
     assert shown.returncode == 0, shown.stderr
+    assert imread(tmp_path / "trend.png").shape[:2] == CURVE_PX
     assert manifest["run_id"] in shown.stdout and "committed" in shown.stdout
     assert shown.stdout.index(manifest["best_trial"]) < min(
         shown.stdout.index(t["trial_id"]) for t in manifest["trials"][1:]
