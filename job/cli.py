@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from job.results import METRIC_MODES
-from job.spec import JobSpec, SpecError, json_schema, load_spec
+from job.spec import JobSpec, SpecError, TrialSpec, json_schema, load_spec, resolve_trial
 
 EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
 
@@ -164,9 +164,7 @@ def _load(args: argparse.Namespace) -> JobSpec:
     return load_spec(args.spec, args.overrides)
 
 
-def _trial_for(job: JobSpec, variant: str | None):
-    from job.spec import resolve_trial
-
+def _trial_for(job: JobSpec, variant: str | None) -> TrialSpec:
     name = variant or next(iter(job.variants))
     if name not in job.variants:
         raise SpecError([f"--variant: no such variant (got '{name}'). Choose one of {', '.join(job.variants)}"])
