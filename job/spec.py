@@ -252,9 +252,13 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
 
 
 def parse_spec(raw: Any) -> JobSpec:
+    return _validated(JobSpec, _mapping(raw))
+
+
+def _mapping(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError([f"spec: the top level must be a mapping of sections (got {type(raw).__name__}). Start with 'name: ...'"])
-    return _validated(JobSpec, raw)
+    return raw
 
 
 def _read_yaml(path: Path) -> Any:
@@ -289,10 +293,8 @@ def _apply_override(raw: Any, item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise SpecError([f"--set {path}: the value is not valid YAML (got '{text}'). Quote it"]) from None
-    if not isinstance(raw, dict):
-        raise SpecError([f"spec: the top level must be a mapping of sections (got {type(raw).__name__}). Start with 'name: ...'"])
     *sections, field = path.split(".")
-    node = raw
+    node = _mapping(raw)
     for key in sections:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
@@ -328,8 +330,7 @@ def _problems(model: type[BaseModel], err: ValidationError) -> list[str]:
 def _clean_loc(loc: tuple[Any, ...]) -> list[str]:
     """Drop the union tags pydantic puts into error locations, keeping the user's own keys."""
     parts = [str(p) for p in loc]
-    kept = [p for i, p in enumerate(parts) if p not in _KIND_TAGS and not (p in _DOMAIN_TAGS and parts[i + 1 : i + 2] == [p])]
-    return kept
+    return [p for i, p in enumerate(parts) if p not in _KIND_TAGS and not (p in _DOMAIN_TAGS and parts[i + 1 : i + 2] == [p])]
 
 
 def _did_you_mean(model: type[BaseModel], loc: list[str]) -> str:

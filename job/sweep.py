@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import secrets
 import tempfile
 import time
 from importlib.metadata import version
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -51,14 +51,14 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False) -> SweepResu
     started = time.perf_counter()
     grid = tuner.fit()
     result = collect(job_spec, run_id, grid)
-    _commit(job_spec, store, result, grid, time.perf_counter() - started)
+    _commit(job_spec, store, result, filesystem, time.perf_counter() - started)
     print_summary(result, store.url(f"{job_spec.name}/{run_id}/report"))
     return result
 
 
 def new_run_id() -> str:
     """Sortable by UTC start time; the suffix keeps two runs in one second apart."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{torch.randint(0, 16**4, ()).item():04x}"
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{secrets.token_hex(2)}"
 
 
 def _resumable_run(job_spec: JobSpec, store: Store) -> str | None:
@@ -168,16 +168,14 @@ def collect(job_spec: JobSpec, run_id: str, grid: Any) -> SweepResult:
     return SweepResult(job_spec.name, run_id, job_spec.search.metric, trials)
 
 
-def _commit(job_spec: JobSpec, store: Store, result: SweepResult, grid: Any, wall_s: float) -> None:
+def _commit(job_spec: JobSpec, store: Store, result: SweepResult, filesystem: Any, wall_s: float) -> None:
     """Render the report, add the best checkpoint, and commit it: the manifest goes last."""
     best = result.best_trial()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         report.render(result, out, job_spec.model_dump(mode="json"))
-        if best is not None:
-            for item in grid:
-                if (item.metrics or {}).get("trial_id") == best.trial_id:
-                    item.get_best_checkpoint(result.metric, result.mode).to_directory(str(out / "best"))
+        if best is not None and best.checkpoint:
+            tune.Checkpoint(best.checkpoint, filesystem).to_directory(str(out / "best"))
         store.commit_run(job_spec.name, result.run_id, out, _manifest(job_spec, result, wall_s))
 
 
