@@ -166,17 +166,17 @@ def _manifest(bucket_uri: str, name: str = "smoke") -> dict:
     return runs[0]["manifest"]
 
 
-def _nodes_per_trial(bucket_uri: str) -> dict[str, set[str]]:
-    """trial id -> every node it reported an epoch from, read from Tune's result.json files in S3."""
+def _reports_per_trial(bucket_uri: str) -> dict[str, list[tuple[int, str]]]:
+    """trial id -> (epoch, node id) of every report, read from Tune's result.json files in S3."""
     bucket, _, prefix = bucket_uri.removeprefix("s3://").partition("/")
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for o in page.get("Contents", []) if o["Key"].endswith("/result.json")]
-    history: dict[str, set[str]] = {}
+    history: dict[str, list[tuple[int, str]]] = {}
     for key in keys:
         for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines():
             row = json.loads(line)
-            history.setdefault(row["trial_id"], set()).add(row["node"])
+            history.setdefault(row["trial_id"], []).append((row["epoch"], row["node"]))
     return history
 
 
@@ -228,8 +228,12 @@ def test_a_wrong_token_is_one_line(cluster: Cluster) -> None:
 
 
 def test_losing_a_node_mid_sweep_still_finishes_every_trial(cluster: Cluster, bucket_uri: str) -> None:
-    epochs = 4  # enough that the lost trial is mid-way, and it resumes from a checkpoint
-    overrides = [f"storage.uri={bucket_uri}", f"optim.epochs={epochs}", "failures.max_retries=3", *ONE_TRIAL_PER_NODE]
+    # Slow enough epochs (~1 s here at batch 16 on 20,000 images; the smoke spec's take 0.03 s) that the
+    # trial on the second node is still mid-way when the kill lands, however late the log lines arrive:
+    # it must resume from a checkpoint on the head, not finish before the node dies.
+    epochs = 10
+    slow = ["data.synthetic_train=20000", "optim.batch_size=16"]
+    overrides = [f"storage.uri={bucket_uri}", f"optim.epochs={epochs}", "failures.max_retries=3", *slow, *ONE_TRIAL_PER_NODE]
     sweep = _submit(cluster, overrides)
     lines = []
     assert sweep.stdout is not None
@@ -241,6 +245,7 @@ def test_losing_a_node_mid_sweep_still_finishes_every_trial(cluster: Cluster, bu
         if len(reporting) == 2:
             break
     _kill({cluster.worker_group})
+    print(f"killed the second node after {len(lines)} lines of the job's log")
     assert not _started_by({cluster.worker_group}), "the second node's processes survived SIGKILL"
     rest, _ = sweep.communicate(timeout=SWEEP_TIMEOUT_S)
     output = "".join(lines) + rest
@@ -248,7 +253,11 @@ def test_losing_a_node_mid_sweep_still_finishes_every_trial(cluster: Cluster, bu
     trials = _manifest(bucket_uri)["trials"]
     assert {t["status"] for t in trials} == {"TERMINATED"} and {t["epochs"] for t in trials} == {epochs}, trials
     names = _nodes(cluster)
-    moved = {t: {names[n] for n in nodes} for t, nodes in _nodes_per_trial(bucket_uri).items()}
-    print(f"after the node loss: nodes each trial reported from: {moved}")
-    assert {"head", "node2"} in moved.values(), f"no trial moved from the lost node to the head: {moved}"
+    reports = {t: [(epoch, names[n]) for epoch, n in rows] for t, rows in _reports_per_trial(bucket_uri).items()}
+    moved = {t: rows for t, rows in reports.items() if {node for _, node in rows} == {"head", "node2"}}
+    print(f"after the node loss: (epoch, node) of each trial's reports: {reports}")
+    assert moved, f"no trial moved from the lost node to the head: {reports}"
+    for trial, rows in moved.items():  # resumed from its checkpoint: the head went on from a later epoch
+        first_on_head = min(epoch for epoch, node in rows if node == "head")
+        assert first_on_head > 1, f"{trial} started over on the head instead of resuming: {rows}"
     assert {names[t["node"]] for t in trials} == {"head"}, "every trial must end on the surviving node"
