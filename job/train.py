@@ -93,11 +93,41 @@ def _step(state: TrainState, trial: TrialSpec, x: torch.Tensor, y: torch.Tensor,
     with _autocast(trial, x.device):
         logits = state.model(x)
         loss = F.cross_entropy(logits, y)
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    state.optimizer.step()
+    if x.device.type == "cpu":
+        loss.backward()
+        adam_step(state.optimizer)  # and drops the grads, as zero_grad(set_to_none=True) would
+    else:
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
     totals[0] += loss.detach() * len(y)
     totals[1] += (logits.argmax(1) == y).sum()
+
+
+def adam_step(optimizer: torch.optim.Optimizer) -> None:
+    """`optimizer.step()` then `zero_grad(set_to_none=True)` of fused Adam, minus the wrappers' Python.
+
+    On the CPU at batch 32 those wrappers (grad-mode and profiler hooks, state checks, regrouping)
+    took ~0.17 ms of a ~1.15 ms step. This calls the kernel `Adam(fused=True)` calls and keeps the
+    state entries `Adam` keeps, so results and checkpoints are bit-identical (tests/test_train.py).
+    """
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [optimizer.state[p] for p in params]
+        for p, st in zip(params, states):
+            if not st:  # Adam's own lazy initialization, for fused=True
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        steps = [st["step"] for st in states]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            params, [p.grad for p in params], [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states], [], steps,
+            amsgrad=False, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+            weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+        )
+        for p in params:
+            p.grad = None
 
 
 class _GraphedStep:

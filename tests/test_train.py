@@ -14,6 +14,7 @@ from job.spec import JobSpec, TrialSpec, parse_spec, resolve_trial
 from job.train import (
     TRIAL_JSON,
     WEIGHTS,
+    adam_step,
     choose_device,
     device_name,
     evaluate,
@@ -87,6 +88,28 @@ def test_evaluate_in_large_batches_matches_one_batch(monkeypatch: pytest.MonkeyP
     assert split == pytest.approx(whole, rel=1e-5)
     logits = state.model(data.x_test)
     assert split[1] == pytest.approx(100.0 * float((logits.argmax(1) == data.y_test).float().mean()))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_adam_step_is_bit_identical_to_the_optimizer_step(weight_decay: float) -> None:
+    trial = synthetic_trial(weight_decay=weight_decay)
+    ours, theirs = new_state(trial, CPU), new_state(trial, CPU)
+    x, y = torch.randn(8, 64, 3, 32, 32), torch.randint(0, 10, (8, 64))
+    for xb, yb in zip(x, y):
+        for state, step in ((ours, adam_step), (theirs, lambda opt: opt.step())):
+            state.optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(state.model(xb), yb).backward()
+            step(state.optimizer)
+        assert all(p.grad is None for p in ours.model.parameters())  # as zero_grad(set_to_none=True) leaves them
+    for a, b in zip(ours.model.state_dict().values(), theirs.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    mine, adam = ours.optimizer.state_dict(), theirs.optimizer.state_dict()
+    assert mine["param_groups"] == adam["param_groups"] and mine["state"].keys() == adam["state"].keys()
+    for key, entries in adam["state"].items():
+        assert list(mine["state"][key]) == list(entries)  # same entries, in the same order
+        for name, value in entries.items():
+            assert value.dtype == mine["state"][key][name].dtype and torch.equal(value, mine["state"][key][name]), name
+    assert adam["state"][0]["step"].item() == 8
 
 
 def test_choose_device_on_the_cpu_sets_threads() -> None:
