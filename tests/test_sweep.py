@@ -186,7 +186,11 @@ def test_bad_storage_fails_fast_with_one_line(s3_server: str, tmp_path: Path, en
 def test_killed_driver_resumes_the_same_run_without_retraining_finished_trials(s3_server: str, tmp_path: Path) -> None:
     uri = f"s3://resume-{uuid.uuid4().hex[:12]}/sweeps"
     env = sweep_env(s3_server, tmp_path)
-    args = [sys.executable, "-m", "job", "run", SMOKE, "--set", f"storage.uri={uri}", "--set", "optim.epochs=4"]
+    # ~1 s epochs (the smoke spec's take 0.03 s): the trials after the first two are still training
+    # when the kill lands, so the killed run is really unfinished.
+    sets = [f"storage.uri={uri}", "optim.epochs=4", "data.synthetic_train=20000", "optim.batch_size=16"]
+    overrides = [arg for item in sets for arg in ("--set", item)]
+    args = [sys.executable, "-m", "job", "run", SMOKE, *overrides]
     first = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     finished: list[str] = []
@@ -205,7 +209,7 @@ def test_killed_driver_resumes_the_same_run_without_retraining_finished_trials(s
     bucket = Bucket(uri, s3_server)
     assert not [k for k in bucket.keys() if k.endswith("manifest.json")], "a killed run must not look complete"
 
-    second = run_sweep(["run", SMOKE, "--set", f"storage.uri={uri}", "--set", "optim.epochs=4"], env)
+    second = run_sweep(["run", SMOKE, *overrides], env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"resuming run {run_id}" in second.stdout
     for trial_id in finished:
