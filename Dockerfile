@@ -20,8 +20,9 @@ FROM ${PYTHON_IMAGE}
 # bash and wget: KubeRay's default readiness/liveness probes exec wget in the Ray container, and
 # Ray's own start scripts use bash; an image without them crash-loops (kuberay issues 2063, 3837).
 # openssh-client and rsync: the cluster launcher's autoscaler (deploy/aws) reaches workers with them.
+# gcc and libc6-dev: Triton, behind torch.compile on CUDA (optim.compile), builds its launcher with them.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends bash wget ca-certificates openssh-client rsync \
+ && apt-get install -y --no-install-recommends bash wget ca-certificates openssh-client rsync gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 # uid 1000: the usual first user on laptops, so bind-mounted result folders stay readable.

@@ -6,7 +6,7 @@
 Both train the batch-norm variant (hidden 128) with lr 1e-4 at batch 32, in one process. Warm-up is not
 timed; the one-time data preparation of each is printed apart. Usage:
 
-    python benchmarks/epoch_throughput.py [--device cpu|cuda] [--epochs 1] [--repeats 1] [--synthetic]
+    python benchmarks/epoch_throughput.py [--device cpu|cuda] [--epochs 1] [--repeats 1] [--synthetic] [--compile]
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ class PILArrays(Dataset):
         return SEED_TRANSFORM(Image.fromarray(self.x[i])), self.y[i]
 
 
-def trial_for(data: DataSpec) -> TrialSpec:
+def trial_for(data: DataSpec, compile: bool = False) -> TrialSpec:
     raw = {"name": "bench", "variants": {"batchnorm": {"kind": "mlp", "hidden": HIDDEN, "batch_norm": True}},
-           "optim": {"lr": LR, "batch_size": BATCH, "epochs": 1}, "data": data.model_dump()}
+           "optim": {"lr": LR, "batch_size": BATCH, "epochs": 1, "compile": compile}, "data": data.model_dump()}
     return resolve_trial(parse_spec(raw), "batchnorm", {})
 
 
@@ -147,7 +147,7 @@ def bench_seed(spec: DataSpec, arrays: jobdata.Arrays, args: argparse.Namespace,
 
 
 def bench_ours(spec: DataSpec, arrays: jobdata.Arrays, args: argparse.Namespace, device: torch.device) -> tuple[float, float, float]:
-    trial = trial_for(spec)
+    trial = trial_for(spec, args.compile)
     prep_s = timed(lambda: jobdata.to_device(arrays, device), device)
     data = jobdata.to_device(arrays, device)
     state = jobtrain.new_state(trial, device)
@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per repeat")
     parser.add_argument("--repeats", type=int, default=1, help="best of N")
     parser.add_argument("--workers", type=int, default=2, help="the seed's DataLoader num_workers")
+    parser.add_argument("--compile", action="store_true", help="ours with optim.compile (for CUDA; compiling is warm-up, untimed)")
     parser.add_argument("--synthetic", action="store_true", help="synthetic CIFAR-format data even when the mirror is present")
     parser.add_argument("--samples", type=int, default=50_000, help="synthetic training images (CIFAR-10's count; test: a fifth)")
     parser.add_argument("--mirror", type=Path, default=MIRROR, help="cifar-10-python.tar.gz with its .sha256 beside it")
@@ -182,7 +183,8 @@ def main() -> None:
     arrays = jobdata.load_arrays(spec, seed=0)
     source = f"synthetic ({spec.synthetic_train}/{spec.synthetic_test})" if spec.dataset == "synthetic" else f"CIFAR-10 mirror {spec.source}"
     name = jobtrain.device_name(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"data: {source}; model: mlp hidden {HIDDEN} + batch norm; batch {BATCH}; epochs {args.epochs}; best of {args.repeats}")
+    print(f"data: {source}; model: mlp hidden {HIDDEN} + batch norm; batch {BATCH}; epochs {args.epochs}; best of {args.repeats}"
+          f"{'; ours with optim.compile' if args.compile else ''}")
     print(f"device: {device} ({name}); torch {torch.__version__}; torchvision {torchvision.__version__}; "
           f"threads {torch.get_num_threads()}; cpus {os.cpu_count()}; python {platform.python_version()}")
     n = len(arrays.y_train)

@@ -26,11 +26,18 @@ python3 -m job train specs/cifar10.yaml --variant batchnorm "${FULL[@]}" --set o
 say "same, CUDA graph + bf16 autocast"
 python3 -m job train specs/cifar10.yaml --variant batchnorm "${FULL[@]}" --set optim.epochs=3 --set optim.precision=bf16 2>&1 | tee "$OUT/train_bf16.log"
 
+say "same, CUDA graph + optim.compile (Inductor, max-autotune)"
+python3 -m job train specs/cifar10.yaml --variant batchnorm "${FULL[@]}" --set optim.epochs=3 --set optim.compile=true 2>&1 | tee "$OUT/train_compile.log"
+
 say "CUDA tests"
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5
 
 say "benchmark: seed pipeline vs ours, one epoch + test pass, batch 32"
 python3 benchmarks/epoch_throughput.py --device cuda --synthetic --repeats 2 2>&1 | tee "$OUT/bench_cuda.log"
+python3 benchmarks/epoch_throughput.py --device cuda --synthetic --repeats 2 --compile 2>&1 | tee "$OUT/bench_cuda_compile.log"
+
+say "where the CUDA step's time goes: variants side by side"
+python3 benchmarks/cuda_step_variants.py --repeats 3 --compile-mode max-autotune-no-cudagraphs 2>&1 | tee "$OUT/variants.log"
 
 say "the seed experiment's compute: 3 variants x 50 epochs, one after another (no Ray here)"
 start=$(date +%s)

@@ -34,6 +34,16 @@ def test_cuda_graph_step_trains_like_the_eager_loop() -> None:
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
 
 
+def test_compiled_forward_inside_the_cuda_graph_trains_like_the_eager_loop() -> None:
+    device = torch.device("cuda")
+    compiled = list(train.train_trial(trial_with(compile=True), device))
+    eager = list(train.train_trial(trial_with(cuda_graph=False), device))
+    assert compiled[-1][1].graph is not None and compiled[-1][1].forward is not train.forward_loss
+    for (c, _), (e, _) in zip(compiled, eager, strict=True):
+        assert c.train_loss == pytest.approx(e.train_loss, rel=1e-2)
+        assert c.test_acc == pytest.approx(e.test_acc, abs=1.5)
+
+
 def test_bf16_autocast_trains_well_above_chance() -> None:
     metrics = [m for m, _ in train.train_trial(trial_with(precision="bf16"), torch.device("cuda"))]
     assert metrics[-1].test_acc > 30 and metrics[-1].device != "cpu"

@@ -112,6 +112,21 @@ def test_adam_step_is_bit_identical_to_the_optimizer_step(weight_decay: float) -
     assert adam["state"][0]["step"].item() == 8
 
 
+def test_compiled_forward_trains_like_the_eager_one() -> None:
+    """optim.compile is for CUDA (tests/test_gpu.py); Inductor compiles for the CPU too, which checks the wiring here."""
+    (eager, eager_state), = run(synthetic_trial())
+    (compiled, compiled_state), = run(synthetic_trial(compile=True))
+    assert compiled_state.forward is not job.train.forward_loss
+    assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-4)
+    assert compiled.test_acc == pytest.approx(eager.test_acc, abs=0.2)
+    # Fused kernels round differently, and Adam turns last-bit differences in near-zero gradients (the
+    # bias before batch norm has none at all) into lr-sized steps: compare what the models predict.
+    x = torch.randn(512, 3 * 32 * 32)
+    with torch.no_grad():
+        a, b = compiled_state.model.eval()(x).argmax(1), eager_state.model.eval()(x).argmax(1)
+    assert (a == b).float().mean() >= 0.98
+
+
 def test_choose_device_on_the_cpu_sets_threads() -> None:
     assert choose_device(threads=1, use_cuda=False) == CPU
     assert torch.get_num_threads() == 1
