@@ -183,6 +183,7 @@ def _reports_per_trial(bucket_uri: str) -> dict[str, list[tuple[int, str]]]:
 def test_submit_runs_the_sweep_across_both_nodes(cluster: Cluster, bucket_uri: str) -> None:
     sweep = _submit(cluster, [f"storage.uri={bucket_uri}", *ONE_TRIAL_PER_NODE])
     output, _ = sweep.communicate(timeout=SWEEP_TIMEOUT_S)
+    print(output)  # what a user of `sweep submit` sees (shown with -s)
     assert sweep.returncode == 0, output
     assert "SUCCEEDED" in output and "ray job logs --address" in output, output
     trials = _manifest(bucket_uri)["trials"]
