@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import difflib
 import math
-import types
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -336,50 +335,27 @@ def _clean_loc(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _did_you_mean(model: type[BaseModel], loc: list[str]) -> str:
-    fields = _fields_at(model, loc[:-1])
+    """A hint for an unknown key: its section is named by the key above it (a union tag for variants
+    and schedulers, which pydantic puts into the location), or is `model` at the top level."""
+    section = _SECTIONS.get(loc[-2]) if len(loc) > 1 else model
+    fields = list(section.model_fields) if section else []
     hint = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
     if hint:
         return f" Did you mean '{hint[0]}'?"
     return f" Known fields: {', '.join(fields)}." if fields else " Remove it."
 
 
-def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    """Field names of the section at `loc`, following nested models, dicts and unions."""
-    types: list[Any] = [model]
-    for part in loc:
-        tagged = [tp for tp in types if _has_tag(tp, part)]
-        if tagged:  # a union tag in the error's location: keep the member it names
-            types = tagged
-            continue
-        inner: list[Any] = []
-        for tp in types:
-            if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
-                inner += _members(tp.model_fields[part].annotation)
-            elif get_origin(tp) is dict:
-                inner += _members(get_args(tp)[1])
-        types = inner
-    models = [tp for tp in types if isinstance(tp, type) and issubclass(tp, BaseModel)]
-    return list(dict.fromkeys(name for m in models for name in m.model_fields))
-
-
-def _has_tag(tp: Any, part: str) -> bool:
-    if part not in _KIND_TAGS or not (isinstance(tp, type) and issubclass(tp, BaseModel)):
-        return False
-    kind = tp.model_fields.get("kind")
-    return kind is not None and kind.default == part
-
-
-def _members(tp: Any) -> list[Any]:
-    if get_origin(tp) is Annotated:
-        return _members(get_args(tp)[0])
-    if get_origin(tp) in (Union, types.UnionType):
-        return [m for arg in get_args(tp) for m in _members(arg)]
-    return [tp]
-
-
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# The key above an unknown one -> the model it belongs to. Unknown keys can only appear in these
+# (extra="forbid"); a variant's own name is followed by its kind tag, so user names never land here.
+_SECTIONS: dict[str, type[BaseModel]] = {
+    **{name: f.annotation for name, f in JobSpec.model_fields.items() if isinstance(f.annotation, type) and issubclass(f.annotation, Strict)},
+    "mlp": MLPSpec, "linear": LinearSpec, "fifo": FifoSpec, "asha": AshaSpec,
+}
 
 
 def json_schema() -> dict[str, Any]:
