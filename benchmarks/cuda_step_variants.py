@@ -22,18 +22,14 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from epoch_throughput import BATCH, timed, trial_for  # this folder's other benchmark: its batch, trial and timer
 from job import train as jobtrain
 from job.data import DeviceData
-from job.spec import parse_spec, resolve_trial
+from job.spec import DataSpec
 
-N_TRAIN, BATCH = 50_000, 32
+N_TRAIN = 50_000
 STEPS = N_TRAIN // BATCH
-
-
-def trial():
-    raw = {"name": "variants", "variants": {"bn": {"hidden": 128, "batch_norm": True}},
-           "optim": {"lr": 1e-4, "batch_size": BATCH, "epochs": 1}, "data": {"dataset": "synthetic"}}
-    return resolve_trial(parse_spec(raw), "bn", {})
+SYNTHETIC = DataSpec(dataset="synthetic")  # only names the dataset: the arrays are made below, on the device
 
 
 def graphed(step: Callable[[], None]) -> torch.cuda.CUDAGraph:
@@ -53,7 +49,7 @@ def graphed(step: Callable[[], None]) -> torch.cuda.CUDAGraph:
 def in_graph_epoch(data: DeviceData, forward: Callable) -> Callable[[torch.Tensor], None]:
     """One graph per step whose gather reads batch `counter` of a device-side permutation."""
     device = data.x_train.device
-    state = jobtrain.new_state(trial(), device)
+    state = jobtrain.new_state(trial_for(SYNTHETIC), device)
     perm = torch.zeros(STEPS, BATCH, dtype=torch.long, device=device)
     counter = torch.zeros((), dtype=torch.long, device=device)
     totals = torch.zeros(2, device=device)
@@ -92,17 +88,6 @@ def forward_only(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tu
     return F.cross_entropy(model(x), y), None
 
 
-def timed(fn: Callable[[], None], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -117,7 +102,7 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {STEPS} steps of {BATCH} per epoch", flush=True)
     order = lambda: torch.randperm(N_TRAIN, device=device)  # noqa: E731
 
-    spec = trial()
+    spec = trial_for(SYNTHETIC)
     state = jobtrain.new_state(spec, device)
     gen = torch.Generator().manual_seed(0)
     jobtrain.train_epoch(state, data, spec, gen)
@@ -138,7 +123,7 @@ def main() -> None:
     base = None
     for name, run in variants.items():
         run()
-        seconds = timed(run, args.repeats)
+        seconds = min(timed(run, device) for _ in range(args.repeats))
         base = base or seconds
         print(f"{name:18s} {seconds:.3f} s/epoch  {seconds / STEPS * 1e6:6.1f} us/step  {base / seconds:.2f}x product", flush=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -10,79 +12,32 @@ import torch.nn.functional as F
 from job.models import CLASSES, IN_FEATURES, MODELS, build_model
 from job.spec import LinearSpec, MLPSpec, parse_spec
 
-# ---- The seed notebook's three classes, verbatim (cifar10_mlp_notebook.txt, In [2] and In [10]) ----
-input_size = 32 * 32 * 3
-hidden_size = 128
-output_size = 10
+NOTEBOOK = Path(__file__).resolve().parents[2] / "shared" / "seed" / "cifar10_mlp_notebook.txt"
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super(Net, self).__init__()
-        self.fc1 = nn.Linear(input_size, hidden_size) # input, output
-        self.fc2 = nn.Linear(hidden_size, output_size)
+def seed_classes() -> dict[str, type[nn.Module]]:
+    """Net, DropoutNet and BNNet as the seed notebook defines them, run from its own text: each
+    `class` line and the indented or blank lines under it, with the sizes of its cell In [2]."""
+    if not NOTEBOOK.is_file():
+        pytest.skip(f"the seed notebook is not at {NOTEBOOK} (../shared beside the checkout)")
+    blocks, block = [], None
+    for line in NOTEBOOK.read_text(encoding="utf-8").splitlines():
+        if line.startswith("class "):
+            block = [line]
+            blocks.append(block)
+        elif block is not None and (not line.strip() or line.startswith(" ")):
+            block.append(line)
+        else:
+            block = None
+    namespace = {"nn": nn, "F": F, "input_size": 32 * 32 * 3, "hidden_size": 128, "output_size": 10}
+    exec(compile("\n".join(line for b in blocks for line in b), str(NOTEBOOK), "exec"), namespace)
+    return {name: namespace[name] for name in ("Net", "DropoutNet", "BNNet")}
 
-    def forward(self, x):
-        x = x.view(-1, self.num_flat_features(x))
-        x = F.relu(self.fc1(x))
-        x = self.fc2(x)
-        return x
 
-    def num_flat_features(self, x):
-        size = x.size()[1:]
-        num_features = 1
-        for s in size:
-            num_features *= s
-        return num_features
-
-
-# Dropout
-class DropoutNet(nn.Module):
-    def __init__(self):
-        super(DropoutNet, self).__init__()
-        self.fc1 = nn.Linear(input_size, hidden_size) # input, output
-        self.fc2 = nn.Linear(hidden_size, output_size)
-        self.dropout = nn.Dropout(p=0.5)
-
-    def forward(self, x):
-        x = x.view(-1, self.num_flat_features(x))
-        x = self.dropout(F.relu(self.fc1(x)))
-        x = self.fc2(x)
-        return x
-
-    def num_flat_features(self, x):
-        size = x.size()[1:]
-        num_features = 1
-        for s in size:
-            num_features *= s
-        return num_features
-
-# Batch Normalization
-class BNNet(nn.Module):
-    def __init__(self):
-        super(BNNet, self).__init__()
-        self.linear1 = nn.Linear(input_size, hidden_size)
-        self.bn1 = nn.BatchNorm1d(hidden_size)
-        self.linear2 = nn.Linear(hidden_size, output_size)
-
-    def forward(self, x):
-        x = x.view(-1, self.num_flat_features(x))
-        x = F.relu(self.bn1(self.linear1(x)))
-        x = self.linear2(x)
-        return x
-
-    def num_flat_features(self, x):
-        size = x.size()[1:]
-        num_features = 1
-        for s in size:
-            num_features *= s
-        return num_features
-# ---- end of the seed's code ----
-
-SEED_VARIANTS = {  # as in specs/cifar10.yaml
-    "basic": (Net, MLPSpec(hidden=128)),
-    "dropout": (DropoutNet, MLPSpec(hidden=128, dropout=0.5)),
-    "batchnorm": (BNNet, MLPSpec(hidden=128, batch_norm=True)),
+SEED_VARIANTS = {  # as in specs/cifar10.yaml: the seed's class name, our spec
+    "basic": ("Net", MLPSpec(hidden=128)),
+    "dropout": ("DropoutNet", MLPSpec(hidden=128, dropout=0.5)),
+    "batchnorm": ("BNNet", MLPSpec(hidden=128, batch_norm=True)),
 }
 LAYERS = {
     "basic": [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear],
@@ -101,7 +56,8 @@ def images(n: int = 16) -> torch.Tensor:
 
 @pytest.mark.parametrize("variant", SEED_VARIANTS)
 def test_parameter_count_equals_the_seed(variant: str) -> None:
-    seed_cls, spec = SEED_VARIANTS[variant]
+    seed_name, spec = SEED_VARIANTS[variant]
+    seed_cls = seed_classes()[seed_name]
     ours, theirs = build_model(spec), seed_cls()
     assert n_params(ours) == n_params(theirs)
     assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in theirs.parameters()]
@@ -125,7 +81,8 @@ def test_layer_order(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", SEED_VARIANTS)
 def test_seed_weights_give_identical_outputs(variant: str) -> None:
-    seed_cls, spec = SEED_VARIANTS[variant]
+    seed_name, spec = SEED_VARIANTS[variant]
+    seed_cls = seed_classes()[seed_name]
     torch.manual_seed(0)
     theirs, ours = seed_cls(), build_model(spec)
     with torch.no_grad():  # non-trivial batch-norm statistics, so eval mode really uses them
@@ -148,7 +105,8 @@ def test_seed_weights_give_identical_outputs(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", ["basic", "batchnorm"])
 def test_seed_weights_give_identical_outputs_in_train_mode(variant: str) -> None:
-    seed_cls, spec = SEED_VARIANTS[variant]
+    seed_name, spec = SEED_VARIANTS[variant]
+    seed_cls = seed_classes()[seed_name]
     theirs, ours = seed_cls(), build_model(spec)
     ours.load_state_dict(dict(zip(ours.state_dict(), theirs.state_dict().values())))
     x = images()
