@@ -62,15 +62,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from job.spec import short_repr, shown  # text from the spec reaches the terminal escaped and bounded
+
     job = load_spec(args.spec, args.overrides)
     print(f"{args.spec}: ok: {job.name}")
     for name, model in job.variants.items():
         print(f"  variant {name}: {model.model_dump(exclude={'kind'}) if model.kind == 'mlp' else {}} ({model.kind})")
     for path, domain in job.search.space.items():
-        print(f"  search {path}: {domain.model_dump()}")
+        print(f"  search {path}: {short_repr(domain.model_dump(), limit=200)}")
     print(f"  optim: {job.optim.model_dump()}")
     print(f"  metric: {job.search.metric} ({METRIC_MODES[job.search.metric]}), scheduler: {job.search.scheduler.kind}")
-    print(f"  trials: {job.trial_count()}  storage: {job.storage.uri}")
+    print(f"  trials: {job.trial_count()}  storage: {shown(job.storage.uri)}")
     return EXIT_OK
 
 

@@ -7,24 +7,44 @@ torch or ray.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal, NoReturn, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from job.results import METRIC_MODES
 
 MAX_SPEC_BYTES = 1_000_000  # a spec is a page of YAML; anything this large is a mistake
+# A spec is about five levels deep and a hundred values; these bounds are far above any real spec
+# and far below what costs noticeable time or memory (a 10,000-value grid validates in milliseconds).
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 10_000
+MAX_SCALAR_CHARS = 4096  # PATH_MAX; also keeps PyYAML's int() of `1:2:3...` (base 60) cheap
 
 
-class SpecError(Exception):
-    """A problem the user can fix (spec, file, data, storage), one line per problem."""
+class UserError(Exception):
+    """A problem the user can fix (spec, file, data, storage, environment), one line per problem.
+
+    Each line is made printable (control characters escaped) so input can never forge an `error:`
+    line or drive the terminal. Pickles intact: Ray ships exceptions between processes, and the
+    default pickling would rebuild it from the joined message, turning `problems` into a string."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+        assert not isinstance(problems, str), f"pass a list of lines (got {problems!r})"
+        self.problems = [_printable(line) for line in problems]
+        super().__init__("\n".join(self.problems))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.problems,)
+
+
+class SpecError(UserError):
+    """A problem with the spec, its file or what it names; raised everywhere below the CLI."""
 
 
 class Strict(BaseModel):
@@ -35,9 +55,15 @@ class DataSpec(Strict):
     dataset: Literal["cifar10", "synthetic"] = Field("cifar10", description="cifar10, or synthetic CIFAR-format data made offline")
     root: str = Field("~/.cache/sweep-job", description="cache folder for the dataset, one per node")
     source: str | None = Field(None, description="mirror of cifar-10-python.tar.gz: local path, https:// or s3:// URL")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the archive at `source` (hex)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the archive at `source` (hex)")
     synthetic_train: int = Field(5000, ge=10, le=200_000, description="synthetic training images")
     synthetic_test: int = Field(1000, ge=10, le=50_000, description="synthetic test images")
+
+    @field_validator("sha256")
+    @classmethod
+    def _lowercase(cls, digest: str | None) -> str | None:
+        """Tools print either case; compared with hashlib's lowercase hexdigest."""
+        return digest.lower() if digest else digest
 
     @model_validator(mode="after")
     def _source_needs_digest(self) -> DataSpec:
@@ -152,15 +178,14 @@ class SearchSpec(Strict):
     def _check_space(self) -> SearchSpec:
         problems = []
         for path, domain in self.space.items():
+            where = _dotted(["search", "space", path])
             if path not in SEARCHABLE:
-                hint = difflib.get_close_matches(path, SEARCHABLE, n=1)
-                fix = f"Did you mean '{hint[0]}'?" if hint else f"Searchable: {', '.join(SEARCHABLE)}."
-                problems.append(f"search.space.{path}: not a field of the spec. {fix}")
+                problems.append(_not_a_field(where, path, SEARCHABLE))
             bounds = getattr(domain, "loguniform", None) or getattr(domain, "uniform", None)
             if bounds and not bounds[0] < bounds[1]:
-                problems.append(f"search.space.{path}: low must be below high (got {list(bounds)}). Swap them")
+                problems.append(f"{where}: low must be below high (got {list(bounds)}). Swap them")
             if isinstance(domain, LogUniform) and bounds[0] <= 0:
-                problems.append(f"search.space.{path}.loguniform: low must be > 0 (got {bounds[0]}). Use a positive bound")
+                problems.append(f"{where}.loguniform: low must be > 0 (got {bounds[0]}). Use a positive bound")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -206,15 +231,29 @@ class JobSpec(Strict):
     def _check_variants(self) -> JobSpec:
         bad = [v for v in self.variants if not v.replace("-", "").replace("_", "").isalnum()]
         if bad:
-            raise ValueError(f"variants.{bad[0]}: names use letters, digits, '-' and '_' (got '{bad[0]}'). Rename it")
+            raise ValueError(f"{_dotted(['variants', bad[0]])}: names use letters, digits, '-' and '_' (got {short_repr(bad[0])}). Rename it")
         for path in self.search.space:
             key = path.removeprefix("model.")
             without = [name for name, m in self.variants.items() if key != path and key not in type(m).model_fields]
             if without:
                 raise ValueError(
-                    f"search.space.{path}: variant '{without[0]}' ({self.variants[without[0]].kind}) has no such field "
+                    f"{_dotted(['search', 'space', path])}: variant '{without[0]}' ({self.variants[without[0]].kind}) has no such field "
                     f"(got {path}). Search model fields only when every variant has them"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_search_values(self) -> JobSpec:
+        """Every grid and choice value and both range bounds must suit the field they set, for every
+        variant: checked here, or each trial fails at run time when its spec is validated."""
+        problems: list[str] = []
+        for path, domain in self.search.space.items():
+            section, key = path.split(".", 1)
+            models = {OptimSpec} if section == "optim" else {type(m) for m in self.variants.values()}
+            for model in sorted(models, key=lambda m: m.__name__):
+                problems += _bad_values(_dotted(["search", "space", path]), domain, model, key)[:3]  # a few say enough
+        if problems:
+            raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
 
     def trial_count(self) -> int:
@@ -274,13 +313,7 @@ def _read_yaml(path: Path) -> Any:
         raise SpecError([f"{path}: is a folder, not a spec file. Name a .yaml file"]) from None
     except (PermissionError, UnicodeDecodeError) as err:
         raise SpecError([f"{path}: cannot be read ({type(err).__name__}). Check its permissions and encoding"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise SpecError([f"{path}: YAML syntax error at {where}: {problem}. Fix the YAML there"]) from None
+    raw = _load_yaml(text, lambda parts: _dotted(parts) if parts else str(path))
     if raw is None:
         raise SpecError([f"{path}: the file is empty. Start from specs/smoke.yaml"])
     return raw
@@ -289,18 +322,104 @@ def _read_yaml(path: Path) -> Any:
 def _apply_override(raw: Any, item: str) -> None:
     path, sep, text = item.partition("=")
     if not sep or not path:
-        raise SpecError([f"--set: expected dotted.path=value (got '{item}'). Example: --set optim.epochs=3"])
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise SpecError([f"--set {path}: the value is not valid YAML (got '{text}'). Quote it"]) from None
-    *sections, field = path.split(".")
+        raise SpecError([f"--set: expected dotted.path=value (got {short_repr(item)}). Example: --set optim.epochs=3"])
+    parts = path.split(".")
+    where = f"--set {_dotted(parts)}"
+    if len(parts) > MAX_YAML_DEPTH:
+        raise SpecError([f"{where}: nested deeper than {MAX_YAML_DEPTH} levels (got {len(parts)}). Name a field of the spec"])
+    value = _load_yaml(text, lambda inner: f"--set {_dotted(parts + inner)}")
     node = _mapping(raw)
-    for key in sections:
+    for key in parts[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise SpecError([f"--set {path}: '{key}' is not a section (got {_short(node)}). Set a field inside a section"])
-    node[field] = value
+            raise SpecError([f"{where}: {short_repr(key)} is not a section (got {short_repr(node)}). Set a field inside a section"])
+    node[parts[-1]] = value
+
+
+def _load_yaml(text: str, where: Callable[[list[Any]], str]) -> Any:
+    """Plain YAML through `_SpecLoader`; every way PyYAML can fail becomes one `SpecError` line."""
+    try:
+        loader = _SpecLoader(text, where)  # the reader refuses unprintable characters right here
+        node = loader.get_single_node()
+        return None if node is None else loader.construct_document(node)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError([f"{where([])}: YAML syntax error{at}: {err.problem or err.context or 'invalid YAML'}. Fix the YAML there"]) from None
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        raise SpecError([f"{where([])}: YAML syntax error at line {line}: character #x{err.character:04x} is not allowed. "
+                         "Remove it, or write it as an escape in a double-quoted string"]) from None
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing while it composes (before any Python object is built) what a
+    spec never needs and an attacker would use: type tags (`!!int abc` raises deep in PyYAML;
+    `!!python/...`), anchors and aliases (`*a` lists of `*b` lists expand exponentially, "billion
+    laughs", and `&a [*a]` is a value that contains itself; a spec is short enough to write out),
+    non-string and duplicate keys (a repeated `optim:` silently replaced the first), and more than
+    MAX_YAML_DEPTH levels, MAX_YAML_NODES values or MAX_SCALAR_CHARS characters in one value."""
+
+    def __init__(self, text: str, where: Callable[[list[Any]], str]) -> None:
+        super().__init__(text)
+        self.where, self.path, self.nodes = where, [], 0
+        self.keys: dict[int, dict[str, int]] = {}  # id of an open mapping node -> its keys' lines
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._check(self.peek_event())
+        # a mapping value comes with its key's node, a sequence item with its index, a key with None
+        self.path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        node = super().compose_node(parent, index)
+        self.path.pop()
+        if isinstance(parent, yaml.MappingNode) and index is None:
+            self._check_key(parent, node)
+        return node
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        """Bound `[[[[...` already in the scanner: its look-ahead for keys costs depth x length."""
+        if self.flow_level >= MAX_YAML_DEPTH:
+            mark = self.get_mark()
+            self._refuse(mark, f"nested deeper than {MAX_YAML_DEPTH} levels", f"'{self.peek()}'", "A spec is a few levels deep")
+        super().fetch_flow_collection_start(token_class)
+
+    def _check(self, event: yaml.Event) -> None:
+        self.nodes += 1
+        if isinstance(event, yaml.AliasEvent) or event.anchor:
+            mark = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            self._refuse(event, "YAML anchors and aliases are not used in a spec", f"{mark}{shown(event.anchor)}", "Write the value out")
+        if event.tag is not None:
+            tag = event.tag.replace("tag:yaml.org,2002:", "!!")
+            self._refuse(event, "YAML type tags are not used in a spec", short_repr(tag), "Remove the tag: the schema gives each value its type")
+        if len(self.path) >= MAX_YAML_DEPTH:
+            self._refuse(event, f"nested deeper than {MAX_YAML_DEPTH} levels", "one more level", "A spec is a few levels deep")
+        if self.nodes > MAX_YAML_NODES:
+            self._refuse(event, f"more than {MAX_YAML_NODES} values", "one more", "A spec is a page of YAML")
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR_CHARS:
+            self._refuse(event, f"a value longer than {MAX_SCALAR_CHARS} characters", f"{len(event.value)} characters", "Shorten it")
+
+    def _check_key(self, mapping: yaml.MappingNode, key: yaml.Node) -> None:
+        if not (isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:str"):
+            kind = key.tag.rsplit(":", 1)[-1]
+            got = f"{kind} {short_repr(key.value)}" if isinstance(key, yaml.ScalarNode) else "a list or mapping"
+            self._refuse(key, "keys must be strings", got, "Quote the key, or remove it")
+        seen = self.keys.setdefault(id(mapping), {})
+        if key.value in seen:
+            self.path.append(key.value)
+            first = seen[key.value] + 1
+            self._refuse(key, "duplicate key", "a second one", f"Merge it with the one at line {first}: the last would silently replace it")
+        seen[key.value] = key.start_mark.line
+
+    def _refuse(self, at: yaml.Event | yaml.Node | yaml.Mark, what: str, got: str, fix: str) -> NoReturn:
+        where = self.where([p for p in self.path if p is not None])
+        mark = at if isinstance(at, yaml.Mark) else at.start_mark
+        line, column = mark.line + 1, mark.column + 1
+        raise SpecError([f"{where}: {what} (got {got} at line {line}, column {column}). {fix}"])
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as err:  # PyYAML's own readers of plain values, e.g. the date 2001-13-45
+            self._refuse(node, f"YAML cannot read this value ({str(err)[:80]})", short_repr(node.value), "Quote it if it is text")
 
 
 def _validated(model: type[BaseModel], raw: dict[str, Any]) -> Any:
@@ -313,41 +432,95 @@ def _validated(model: type[BaseModel], raw: dict[str, Any]) -> Any:
 def _problems(model: type[BaseModel], err: ValidationError) -> list[str]:
     lines: list[str] = []
     for e in err.errors():
-        loc = _clean_loc(e["loc"])
-        path = ".".join(loc) or "spec"
+        path = _dotted(_clean_loc(e["loc"]))
         if e["type"] == "extra_forbidden":
-            lines.append(f"{path}: not a field of the spec.{_did_you_mean(model, [str(p) for p in e['loc']])}")
+            lines.append(_unknown_key(model, path, e["loc"]))
         elif e["type"] == "union_tag_invalid":
             tags = e["ctx"]["expected_tags"]
-            lines.append(f"{path}.kind: unknown kind (got {e['ctx']['tag']!r}). Use one of {tags}")
+            lines.append(f"{path}.kind: unknown kind (got {short_repr(e['ctx']['tag'])}). Use one of {tags}")
         elif e["type"] == "value_error":
             lines.extend(str(e["ctx"]["error"]).removesuffix(".").split("\n"))
         else:
-            got = _short(e.get("input"))
-            lines.append(f"{path}: {e['msg'][0].lower()}{e['msg'][1:]} (got {got}). Fix the value")
+            lines.append(f"{path}: {_what(e)} (got {short_repr(e.get('input'))}). Fix the value")
     return [line if line.endswith((".", "?")) else line + "." for line in dict.fromkeys(lines)]
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> list[str]:
+def _what(error: Any) -> str:
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def _bad_values(where: str, domain: Any, model: type[BaseModel], key: str) -> list[str]:
+    """A line for each grid or choice value, or range bound, that `model`'s field `key` refuses."""
+    kind = _domain_kind(domain)
+    if key not in model.model_fields:
+        return []  # _check_variants names the variant without it
+    if kind in ("uniform", "loguniform") and model.model_fields[key].annotation is not float:
+        return [f"{where}.{kind}: a range draws fractional numbers, but {key} is not a float field (got {kind}). Use grid or choice"]
+    lines = []
+    for i, value in enumerate(getattr(domain, kind)):
+        try:
+            _field_adapter(model, key).validate_python(value)
+        except ValidationError as err:
+            lines.append(f"{where}.{kind}[{i}]: {_what(err.errors()[0])} (got {short_repr(value)}). Use a value {key} accepts")
+    return lines
+
+
+@functools.cache
+def _field_adapter(model: type[BaseModel], key: str) -> TypeAdapter[Any]:
+    """The validator of one field alone, with its type and bounds: what a trial's spec will apply."""
+    field: FieldInfo = model.model_fields[key]
+    return TypeAdapter(Annotated[field.annotation, field])
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
     """Drop the union tags pydantic puts into error locations, keeping the user's own keys."""
-    parts = [str(p) for p in loc]
-    return [p for i, p in enumerate(parts) if p not in _KIND_TAGS and not (p in _DOMAIN_TAGS and parts[i + 1 : i + 2] == [p])]
+    return [p for i, p in enumerate(loc) if p not in _KIND_TAGS and not (p in _DOMAIN_TAGS and loc[i + 1 : i + 2] == (p,))]
 
 
-def _did_you_mean(model: type[BaseModel], loc: list[str]) -> str:
-    """A hint for an unknown key: its section is named by the key above it (a union tag for variants
-    and schedulers, which pydantic puts into the location), or is `model` at the top level."""
-    section = _SECTIONS.get(loc[-2]) if len(loc) > 1 else model
-    fields = list(section.model_fields) if section else []
-    hint = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
-    if hint:
-        return f" Did you mean '{hint[0]}'?"
-    return f" Known fields: {', '.join(fields)}." if fields else " Remove it."
+def _unknown_key(model: type[BaseModel], path: str, loc: tuple[Any, ...]) -> str:
+    """The line for an unknown key. Its section is named by the key above it (a union tag for
+    variants and schedulers, which pydantic puts into the location), or is `model` at the top level."""
+    section = _SECTIONS.get(loc[-2]) if len(loc) > 1 and isinstance(loc[-2], str) else model
+    return _not_a_field(path, str(loc[-1]), list(section.model_fields) if section else [])
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _not_a_field(where: str, key: str, known: list[str]) -> str:
+    """Says when the key has stray spaces: printed in a path they are easy to miss."""
+    spaced = " (a key with a leading or trailing space)" if key != key.strip() else ""
+    hint = difflib.get_close_matches(key.strip(), known, n=1, cutoff=0.5)
+    fix = f"Did you mean '{hint[0]}'?" if hint else (f"Known fields: {', '.join(known)}." if known else "Remove it.")
+    return f"{where}: not a field of the spec{spaced}. {fix}"
+
+
+def _dotted(parts: list[Any]) -> str:
+    """`search.space.optim.lr.grid[0]`, each key as `shown`: a path in a message cannot forge lines."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + shown(part)
+    return text or "spec"
+
+
+def shown(text: Any) -> str:
+    """A key or text as printed: itself when short and plainly printable, else a short repr."""
+    if isinstance(text, str) and 0 < len(text) <= 60 and text.isprintable() and text == text.strip():
+        return text
+    return short_repr(text)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """A bounded repr for messages: reprlib stops early in long or deep values (a 10,000-value grid,
+    a huge string), and control characters come out escaped."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable(line: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 60, 60, 40, 4
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 10
 
 
 # The key above an unknown one -> the model it belongs to. Unknown keys can only appear in these

@@ -157,7 +157,7 @@ def test_set_creates_a_missing_section() -> None:
         ("optim.epochs=0", "optim.epochs", "greater than or equal to 1"),
         ("optim.epochs", "--set", "expected dotted.path=value (got 'optim.epochs')"),
         ("=3", "--set", "expected dotted.path=value"),
-        ("optim.epochs=[1", "--set optim.epochs", "the value is not valid YAML (got '[1')"),
+        ("optim.epochs=[1", "--set optim.epochs", "YAML syntax error at line 1, column 3"),
         ("optim.lr.x=1", "--set optim.lr.x", "'lr' is not a section"),
         ("optim.lrr=1", "optim.lrr", "Did you mean 'lr'?"),
     ],
