@@ -6,9 +6,10 @@ Must not import Ray: this path runs on GPU machines that have torch alone.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
@@ -19,7 +20,7 @@ from torch.nn import functional as F
 from job.data import DeviceData, batch_indices, load_arrays, to_device
 from job.models import build_model
 from job.results import EpochMetrics
-from job.spec import TrialSpec
+from job.spec import SpecError, TrialSpec
 
 EVAL_BATCH = 4096  # evaluation has no gradients: large batches cost nothing extra
 WEIGHTS, TRIAL_JSON = "model.pt", "trial.json"
@@ -39,6 +40,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     graph: Any = None  # the captured CUDA-graph step, built on first use
     forward: Callable[..., tuple[torch.Tensor, torch.Tensor]] = forward_loss  # or its torch.compile'd form
+    history: list[EpochMetrics] = field(default_factory=list)  # every epoch so far, also across resumes
 
 
 def choose_device(threads: int | None = None, use_cuda: bool = True) -> torch.device:
@@ -83,6 +85,7 @@ def train_trial(trial: TrialSpec, device: torch.device, state: TrainState | None
             epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
             epoch_s=time.perf_counter() - start, samples_per_s=len(data.y_train) / train_s, device=device_name(device),
         )
+        state.history.append(metrics)
         yield metrics, state
 
 
@@ -227,22 +230,41 @@ def device_name(device: torch.device) -> str:
 
 
 def save_checkpoint(folder: Path, state: TrainState, trial: TrialSpec, metrics: EpochMetrics) -> None:
-    """Weights and optimizer state, plus a JSON that rebuilds the model with no sweep state."""
+    """Weights, optimizer and random state, plus a JSON that rebuilds the model with no sweep state
+    and holds the trial's whole history (a resumed trial reports every epoch, whichever attempt ran it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch}
+    weights = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
+               # Dropout draws from the global generator: with it saved, a resumed trial is bit-identical.
+               "rng": torch.get_rng_state()}
+    if metrics.device != "cpu":
+        weights["cuda_rng"] = torch.cuda.get_rng_state()
     torch.save(weights, folder / WEIGHTS)
-    meta = {"trial": trial.model_dump(mode="json"), "epoch": state.epoch, "metrics": metrics.to_dict(), "torch": torch.__version__}
+    meta = {"trial": trial.model_dump(mode="json"), "epoch": state.epoch, "metrics": metrics.to_dict(),
+            "history": [m.to_dict() for m in state.history], "torch": torch.__version__}
     (folder / TRIAL_JSON).write_text(json.dumps(meta, indent=2))
 
 
 def load_checkpoint(folder: Path, device: torch.device) -> tuple[TrainState, TrialSpec, EpochMetrics]:
-    meta = json.loads((folder / TRIAL_JSON).read_text())
-    trial = TrialSpec.model_validate(meta["trial"])
-    state = new_state(trial, device)
-    weights = torch.load(folder / WEIGHTS, map_location=device, weights_only=True)
-    state.model.load_state_dict(weights["model"])
-    state.optimizer.load_state_dict(weights["optimizer"])
+    """The saved state, ready to train on; an unreadable or inconsistent checkpoint is a `SpecError`."""
+    try:
+        meta = json.loads((folder / TRIAL_JSON).read_text())
+        trial = TrialSpec.model_validate(meta["trial"])
+        weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+        state = new_state(trial, device)
+        state.model.load_state_dict(weights["model"])
+        state.optimizer.load_state_dict(weights["optimizer"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise SpecError([f"{folder}: not a readable checkpoint ({type(err).__name__}). "
+                         "Use an intact folder from --checkpoint or --download-best"]) from None
+    if weights["epoch"] != meta["epoch"]:  # the weights and the JSON come from two different saves
+        raise SpecError([f"{folder}: {WEIGHTS} is from epoch {weights['epoch']} but {TRIAL_JSON} from epoch {meta['epoch']}. "
+                         "Use an intact checkpoint"])
     state.epoch = weights["epoch"]
+    state.history = [EpochMetrics.from_dict(row) for row in meta.get("history", [meta["metrics"]])]
+    if "rng" in weights:
+        torch.set_rng_state(weights["rng"])
+    if "cuda_rng" in weights and device.type == "cuda":
+        torch.cuda.set_rng_state(weights["cuda_rng"])
     return state, trial, EpochMetrics.from_dict(meta["metrics"])
 
 

@@ -10,7 +10,7 @@ import torch
 
 import job.train
 from job.results import EpochMetrics
-from job.spec import JobSpec, TrialSpec, parse_spec, resolve_trial
+from job.spec import JobSpec, SpecError, TrialSpec, parse_spec, resolve_trial
 from job.train import (
     TRIAL_JSON,
     WEIGHTS,
@@ -188,8 +188,44 @@ def test_load_checkpoint_refuses_pickled_objects(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, state, trial, metrics)
     weights = torch.load(tmp_path / WEIGHTS, weights_only=True)
     torch.save({**weights, "extra": Payload()}, tmp_path / WEIGHTS)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(SpecError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path, CPU)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "other_epoch"])
+def test_a_damaged_checkpoint_is_one_user_error(tmp_path: Path, damage: str) -> None:
+    trial = synthetic_trial("basic", epochs=2)
+    history = run(trial)
+    save_checkpoint(tmp_path, history[-1][1], trial, history[-1][0])
+    weights = tmp_path / WEIGHTS
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00not a torch file" * 100)
+    elif damage == "empty":
+        (tmp_path / TRIAL_JSON).write_text("")
+    else:  # the weights of epoch 2 beside the JSON of epoch 1: a save interrupted between the two files
+        meta = json.loads((tmp_path / TRIAL_JSON).read_text())
+        (tmp_path / TRIAL_JSON).write_text(json.dumps({**meta, "epoch": 1}))
+    with pytest.raises(SpecError) as caught:
+        load_checkpoint(tmp_path, CPU)
+    assert len(caught.value.problems) == 1 and str(tmp_path) in caught.value.problems[0]
+
+
+def test_a_resumed_dropout_trial_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Dropout draws from the global generator, so this fails unless the checkpoint carries its state."""
+    trial = synthetic_trial("dropout", epochs=3)
+    straight = run(trial)
+    first = list(zip(range(1), train_trial(trial, CPU)))[0][1]  # stop after epoch 1, as a kill would
+    save_checkpoint(tmp_path, first[1], trial, first[0])
+    torch.manual_seed(12345)  # a fresh process starts from some other random state
+    state, _, _ = load_checkpoint(tmp_path, CPU)
+    resumed = run(trial, state=state)
+    assert [m.epoch for m in state.history] == [1, 2, 3]
+    for (a, _), (b, _) in zip(straight[1:], resumed):
+        assert (b.train_loss, b.train_acc, b.test_loss, b.test_acc) == (a.train_loss, a.train_acc, a.test_loss, a.test_acc)
+    for name, tensor in straight[-1][1].model.state_dict().items():
+        assert torch.equal(state.model.state_dict()[name], tensor), name
 
 
 def test_resume_continues_at_the_next_epoch(tmp_path: Path) -> None:
