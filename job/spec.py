@@ -366,9 +366,9 @@ class _SpecLoader(yaml.SafeLoader):
         self.keys: dict[int, dict[str, int]] = {}  # id of an open mapping node -> its keys' lines
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        self._check(self.peek_event())
         # a mapping value comes with its key's node, a sequence item with its index, a key with None
         self.path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        self._check(self.peek_event())
         node = super().compose_node(parent, index)
         self.path.pop()
         if isinstance(parent, yaml.MappingNode) and index is None:
@@ -390,7 +390,7 @@ class _SpecLoader(yaml.SafeLoader):
         if event.tag is not None:
             tag = event.tag.replace("tag:yaml.org,2002:", "!!")
             self._refuse(event, "YAML type tags are not used in a spec", short_repr(tag), "Remove the tag: the schema gives each value its type")
-        if len(self.path) >= MAX_YAML_DEPTH:
+        if len(self.path) > MAX_YAML_DEPTH:
             self._refuse(event, f"nested deeper than {MAX_YAML_DEPTH} levels", "one more level", "A spec is a few levels deep")
         if self.nodes > MAX_YAML_NODES:
             self._refuse(event, f"more than {MAX_YAML_NODES} values", "one more", "A spec is a page of YAML")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import pickle
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from job.spec import MAX_SPEC_BYTES, JobSpec, SpecError, json_schema, load_spec, parse_spec, resolve_trial
+from job import cli
+from job.spec import MAX_SPEC_BYTES, JobSpec, SpecError, UserError, json_schema, load_spec, parse_spec, resolve_trial
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "specs"
@@ -262,3 +266,230 @@ def test_json_schema_has_every_section() -> None:
     assert schema.get("additionalProperties") is False
     lr = schema["$defs"]["OptimSpec"]["properties"]["lr"]
     assert lr["exclusiveMinimum"] == 0.0 and lr["description"]
+
+
+# Hostile input (issue 9): every way a spec file or --set can go wrong is one printable line, fast.
+
+BASE = "name: t\nvariants: {a: {}}\n"
+LAUGHS = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+def file_problems(tmp_path: Path, text: str, overrides: list[str] = ()) -> tuple[Path, list[str]]:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_spec(path, overrides)
+    assert all("\n" not in p and p.isprintable() for p in err.value.problems), err.value.problems
+    return path, err.value.problems
+
+
+@pytest.mark.parametrize("value", ["!!int abc", "!!float x", "!!timestamp x", "!!bool maybe", "!!binary eA==", "!!str 3",
+                                   "!!python/object/apply:os.system [ls]", "!!python/name:os.system", "!foo x", "!<tag:x.org,2000:y> 1"])
+def test_yaml_type_tags_are_refused_with_their_position(tmp_path: Path, value: str) -> None:
+    _, problems = file_problems(tmp_path, BASE + f"seed: {value}\n")
+    assert_line(problems, "seed", "YAML type tags are not used in a spec", "at line 3, column 7", "Remove the tag")
+    with pytest.raises(SpecError) as err:
+        load_spec(SPECS / "smoke.yaml", [f"seed={value}"])
+    assert_line(err.value.problems, "--set seed", "YAML type tags", "at line 1, column 1")
+
+
+def test_a_tag_inside_a_section_names_its_dotted_path(tmp_path: Path) -> None:
+    _, problems = file_problems(tmp_path, BASE + "search:\n  space: {optim.lr: {grid: [1, !!float x]}}\n")
+    assert_line(problems, "search.space.optim.lr.grid[1]", "YAML type tags", "at line 4")
+
+
+@pytest.mark.parametrize("nested", ["[" * 10_000 + "]" * 10_000, "{a: " * 10_000 + "1" + "}" * 10_000,
+                                    "\n" + "".join("  " * i + f"a{i}:\n" for i in range(1, 200))])
+def test_deep_nesting_is_refused(tmp_path: Path, nested: str) -> None:
+    _, problems = file_problems(tmp_path, BASE + f"seed: {nested}\n")
+    (line,) = problems
+    assert line.startswith("seed") and "nested deeper than 32 levels" in line
+
+
+def test_billion_laughs_is_refused_at_once(tmp_path: Path) -> None:
+    assert len(LAUGHS) < 700
+    tracemalloc.start()
+    start = time.perf_counter()
+    path, problems = file_problems(tmp_path, BASE + LAUGHS)
+    elapsed, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert elapsed < 0.5 and peak < 20e6, (elapsed, peak)
+    assert_line(problems, "a", "YAML anchors and aliases are not used in a spec", "got &a at line 3, column 4")
+
+
+@pytest.mark.parametrize("grid, path", [("&a [*a]", "search.space.optim.lr.grid"), ("[1, *a]", "search.space.optim.lr.grid[1]")])
+def test_aliases_are_refused_even_self_referencing_grids(tmp_path: Path, grid: str, path: str) -> None:
+    _, problems = file_problems(tmp_path, BASE + f"search: {{space: {{optim.lr: {{grid: {grid}}}}}}}\n")
+    assert_line(problems, path, "YAML anchors and aliases")
+
+
+def test_many_values_are_refused_quickly(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    _, problems = file_problems(tmp_path, BASE + "search: {space: {optim.lr: {grid: [" + "0.1, " * 100_000 + "]}}}\n")
+    assert time.perf_counter() - start < 2
+    (line,) = problems
+    assert line.startswith("search.space.optim.lr.grid[") and "more than 10000 values" in line
+
+
+@pytest.mark.parametrize(
+    "space, path, fragment",
+    [
+        ("{optim.lr: {grid: [-1]}}", "search.space.optim.lr.grid[0]", "greater than 0 (got -1)"),
+        ("{optim.lr: {grid: [0.1, 0.2, 11]}}", "search.space.optim.lr.grid[2]", "less than or equal to 10 (got 11)"),
+        ("{optim.batch_size: {grid: [0]}}", "search.space.optim.batch_size.grid[0]", "greater than or equal to 2 (got 0)"),
+        ("{optim.epochs: {choice: [1, many]}}", "search.space.optim.epochs.choice[1]", "valid integer"),
+        ("{optim.precision: {choice: [fp16]}}", "search.space.optim.precision.choice[0]", "'fp32' or 'bf16'"),
+        ("{optim.lr: {uniform: [-1, 2]}}", "search.space.optim.lr.uniform[0]", "greater than 0 (got -1.0)"),
+        ("{optim.weight_decay: {uniform: [0, 2]}}", "search.space.optim.weight_decay.uniform[1]", "less than or equal to 1"),
+        ("{optim.lr: {loguniform: [1.0e-4, 20]}}", "search.space.optim.lr.loguniform[1]", "less than or equal to 10"),
+        ("{optim.batch_size: {uniform: [2, 64]}}", "search.space.optim.batch_size.uniform", "not a float field"),
+        ("{model.hidden: {grid: [64, 0]}}", "search.space.model.hidden.grid[1]", "greater than or equal to 1 (got 0)"),
+        ("{model.dropout: {choice: [0.5, 1.0]}}", "search.space.model.dropout.choice[1]", "less than 1 (got 1.0)"),
+        ("{model.batch_norm: {grid: [maybe]}}", "search.space.model.batch_norm.grid[0]", "valid boolean"),
+    ],
+)
+def test_search_values_are_checked_against_their_field(tmp_path: Path, space: str, path: str, fragment: str) -> None:
+    text = "name: t\nvariants: {a: {kind: mlp}, b: {kind: mlp, depth: 2}}\nsearch:\n  space: " + space + "\n"
+    _, problems = file_problems(tmp_path, text)
+    assert_line(problems, path, fragment, "Use a value" if "[" in path else "Use grid or choice")
+
+
+def test_search_values_that_fit_pass() -> None:
+    space = {"optim.lr": {"grid": [1e-3, "0.01"]}, "optim.batch_size": {"choice": [32, 64.0]}, "model.hidden": {"grid": [8]},
+             "optim.weight_decay": {"uniform": [0.0, 1.0]}, "optim.precision": {"grid": ["fp32", "bf16"]}}
+    assert parse_spec(spec_with(search={"space": space})).trial_count() == 2 * 1 * 2
+
+
+def test_only_a_few_bad_values_are_listed() -> None:
+    problems = problems_of(spec_with(search={"space": {"optim.lr": {"grid": [-1] * 1000}}}))
+    assert len(problems) == 3
+
+
+@pytest.mark.parametrize(
+    "key, shown",
+    [
+        ('"lr\\nerror: forged"', r"optim.'lr\nerror: forged'"),
+        ('"\\e[2J"', r"optim.'\x1b[2J'"),
+        ('"\\u202Elr"', r"optim.'\u202elr'"),
+        ("k" * 1000, "optim.'kkkkkkkk"),
+    ],
+)
+def test_keys_are_printed_escaped_and_short(tmp_path: Path, key: str, shown: str) -> None:
+    _, problems = file_problems(tmp_path, BASE + f"optim: {{{key}: 1}}\n")
+    (line,) = problems
+    assert line.startswith(shown) and "not a field of the spec" in line and len(line) < 200
+
+
+def test_a_key_with_a_trailing_space_says_so(tmp_path: Path) -> None:
+    _, problems = file_problems(tmp_path, BASE + '"optim ": {lr: 1}\n')
+    assert problems == ["'optim ': not a field of the spec (a key with a leading or trailing space). Did you mean 'optim'?"]
+    assert_line(problems_of(spec_with(search={"space": {"optim.lr ": {"grid": [1e-3]}}})),
+                "search.space.'optim.lr '", "leading or trailing space", "Did you mean 'optim.lr'?")
+
+
+def test_values_are_printed_escaped_and_short(tmp_path: Path) -> None:
+    _, problems = file_problems(tmp_path, BASE + 'optim: {epochs: "\\e[2J' + "x" * 4000 + '"}\n')
+    (line,) = problems
+    assert line.startswith("optim.epochs: ") and r"(got '\x1b[2Jxxx" in line and len(line) < 250
+
+
+@pytest.mark.parametrize(
+    "text, path, first_line",
+    [
+        ("optim: {lr: 0.1}\noptim: {epochs: 3}\n", "optim", 3),
+        ("optim:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n", "optim.lr", 4),
+        ("search: {space: {optim.lr: {grid: [1]}, optim.lr: {grid: [2]}}}\n", "search.space.optim.lr", 3),
+    ],
+)
+def test_duplicate_keys_are_refused(tmp_path: Path, text: str, path: str, first_line: int) -> None:
+    _, problems = file_problems(tmp_path, BASE + text)
+    assert_line(problems, path, "duplicate key", f"the one at line {first_line}")
+
+
+def test_uppercase_sha256_is_accepted_as_lowercase() -> None:
+    digest = "AB" * 32
+    assert parse_spec(spec_with(data={"source": "/m.tar.gz", "sha256": digest})).data.sha256 == digest.lower()
+
+
+@pytest.mark.parametrize("key, kind", [("1", "int '1'"), ("null", "null"), ("on", "bool"), ("1.5", "float"),
+                                        ("[a]", "a list or mapping"), ("{a: 1}", "a list or mapping"), ("<<", "merge")])
+def test_non_string_keys_are_refused(tmp_path: Path, key: str, kind: str) -> None:
+    path, problems = file_problems(tmp_path, BASE + f"{key}: x\n")
+    assert_line(problems, str(path), "keys must be strings", f"(got {kind}", "line 3, column 1", "Quote the key")
+    _, problems = file_problems(tmp_path, BASE + f"optim: {{{key}: x}}\n")
+    assert_line(problems, "optim", "keys must be strings")
+
+
+@pytest.mark.parametrize(
+    "text, path, fragment",
+    [
+        ("seed: 1e999\n", "seed", "valid integer"),
+        ("optim: {epochs: .inf}\n", "optim.epochs", "finite number"),
+        ("optim: {lr: .nan}\n", "optim.lr", "(got nan)"),
+        ("optim: {lr: -.inf}\n", "optim.lr", "greater than 0"),
+        ("seed: " + "9" * 4000 + "\n", "seed", "(got 999"),
+        ("seed: 2001-13-45\n", "{file}", "YAML cannot read this value (month must be in 1..12)"),
+        ("seed: 0x_\n", "{file}", "YAML cannot read this value"),
+        ("seed: " + "9" * 5000 + "\n", "seed", "a value longer than 4096 characters"),
+        ("seed: a\x1bb\n", "{file}", "character #x001b is not allowed"),
+    ],
+)
+def test_odd_values_are_one_line(tmp_path: Path, text: str, path: str, fragment: str) -> None:
+    file, problems = file_problems(tmp_path, BASE + text)
+    assert_line(problems, path.format(file=file), fragment)
+
+
+@pytest.mark.parametrize("error", [SpecError(["a: one.", "b: two."]), UserError(["x: only."])])
+def test_user_errors_pickle_intact(error: UserError) -> None:
+    copy_ = pickle.loads(pickle.dumps(error))
+    assert type(copy_) is type(error)
+    assert copy_.problems == error.problems and isinstance(copy_.problems, list)
+    assert str(copy_) == str(error)
+
+
+def test_user_error_lines_are_printable() -> None:
+    assert SpecError(["a: x\nerror: forged\x1b[2J"]).problems == [r"a: x\nerror: forged\x1b[2J"]
+
+
+HOSTILE_FILES = {
+    "type-tag": (BASE + "seed: !!int abc\n", "seed"),
+    "python-tag": (BASE + "seed: !!python/object/apply:os.system [ls]\n", "seed"),
+    "deep": (BASE + "seed: " + "[" * 10_000 + "]" * 10_000 + "\n", "seed"),
+    "laughs": (BASE + LAUGHS, "a"),
+    "grid-out-of-range": (BASE + "search: {space: {optim.lr: {grid: [-1]}}}\n", "search.space.optim.lr.grid[0]"),
+    "newline-key": (BASE + 'optim: {"x\\nerror: forged": 1}\n', r"optim.'x\nerror: forged'"),
+    "ansi-key": (BASE + '"\\e[2J": 1\n', r"'\x1b[2J'"),
+    "duplicate": (BASE + "optim: {lr: 0.1}\noptim: {epochs: 3}\n", "optim"),
+    "unhashable-key": (BASE + "[a]: b\n", "{file}"),
+    "inf": (BASE + "optim: {epochs: .inf}\n", "optim.epochs"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_cli_reports_hostile_files_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    text, path = HOSTILE_FILES[name]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert cli.main(["validate", str(spec)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: {path.format(file=spec)}:") and line.isprintable()
+
+
+@pytest.mark.parametrize("override, path", [("seed=!!int abc", "--set seed"), ("optim={lr: !!float x}", "--set optim"),
+                                            ("optim.lr=[" * 50, "--set optim.lr"), ("a\x1b[2J=1", r"'a\x1b[2J'")])
+def test_cli_reports_hostile_overrides_in_one_line(capsys: pytest.CaptureFixture[str], override: str, path: str) -> None:
+    assert cli.main(["validate", str(SPECS / "smoke.yaml"), "--set", override]) == 2
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: {path}") and line.isprintable() and out == ""
+
+
+def test_validate_shortens_a_large_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(BASE + "search: {space: {optim.lr: {grid: [" + "0.1, " * 5000 + "]}}}\nstorage: {uri: \"\\e[2Jr\"}\n")
+    assert cli.main(["validate", str(spec)]) == 0
+    out, _ = capsys.readouterr()
+    assert "trials: 5000" in out and max(map(len, out.splitlines())) < 250
+    assert r"storage: '\x1b[2Jr'" in out and "\x1b" not in out
