@@ -54,8 +54,14 @@ def load_arrays(spec: DataSpec, seed: int) -> Arrays:
     return cifar10_arrays(spec)
 
 
+def prepare(spec: DataSpec) -> None:
+    """Fetch, verify and cache the dataset on this node, so a bad source is one error before any trial."""
+    if spec.dataset == "cifar10":
+        cifar10_arrays(spec)
+
+
 def cifar10_arrays(spec: DataSpec) -> Arrays:
-    """CIFAR-10 from the node's cache, building the cache once under a file lock."""
+    """CIFAR-10 from the node's cache, building the cache once under a file lock; a damaged cache is rebuilt."""
     root = Path(spec.root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     key = spec.sha256[:16] if spec.sha256 else "official"
@@ -63,7 +69,13 @@ def cifar10_arrays(spec: DataSpec) -> Arrays:
     with FileLock(str(root / f"cifar10-{key}.lock")):
         if not cache.exists():
             _build_cache(spec, root, cache)
-    return Arrays(**torch.load(cache, weights_only=True))
+        try:
+            return Arrays(**torch.load(cache, weights_only=True))
+        except Exception as err:  # truncated zip, garbage, wrong keys: torch and pickle raise many types
+            print(f"data: the cache {cache} is damaged ({type(err).__name__}); rebuilding it", flush=True)
+            cache.unlink()
+            _build_cache(spec, root, cache)
+            return Arrays(**torch.load(cache, weights_only=True))
 
 
 def _build_cache(spec: DataSpec, root: Path, cache: Path) -> None:

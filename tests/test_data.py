@@ -215,3 +215,19 @@ def test_second_load_hits_the_cache(cifar: tuple[DataSpec, Arrays], monkeypatch:
     assert torch.equal(again.y_train, first.y_train) and torch.equal(again.x_test, first.x_test)
     assert caches[0].stat().st_mtime_ns == mtime
     assert leftovers(root) == [caches[0].name]  # no partial folders, no copy of the archive
+
+
+@needs_mirror
+@pytest.mark.parametrize("damage", [b"", b"garbage, not a torch file"])
+def test_a_damaged_cache_is_rebuilt_with_one_line(cifar: tuple[DataSpec, Arrays], tmp_path: Path, damage: bytes,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    spec, first = cifar
+    root = tmp_path / "root"
+    root.mkdir()
+    cache = next(Path(spec.root).glob("cifar10-*.pt"))
+    (root / cache.name).write_bytes(damage)  # as a disk-full write or a stray copy leaves it
+    again = load_arrays(spec.model_copy(update={"root": str(root)}), seed=0)
+    assert torch.equal(again.y_test, first.y_test) and torch.equal(again.x_train[:10], first.x_train[:10])
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("data: the cache ") and "rebuilding it" in line
+    assert leftovers(root) == [cache.name]
