@@ -2,13 +2,15 @@
 
 Runs inside the job image (it has boto3 and PyYAML) on the compose network, with the same AWS_*
 variables as the job. Usage: python verify_bucket.py SPEC_FILE STORAGE_URI. Prints a bucket
-listing; exits 1 with one line per problem when the run's contract is broken.
+listing; exits 1 with one line per problem when the run's contract is broken, or when any object
+holds the access key or the secret key the job ran with (the e2e test makes them unique canaries).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from urllib.parse import urlparse
 
@@ -33,14 +35,18 @@ def main(spec_file: str, storage_uri: str) -> int:
     for key in sorted(objects):
         print(f"  {objects[key]:>10}  {key}")
 
+    leaks = find_credentials(s3, bucket, objects)
+    if not leaks:
+        print(f"ok: none of the {len(objects)} objects holds the access key or the secret key")
+
     latest_key = f"{sweep}/latest.json"
     if latest_key not in objects:
-        return fail([f"{latest_key}: missing; the run was never committed"])
+        return fail(leaks + [f"{latest_key}: missing; the run was never committed"])
     run_id = json.loads(read(s3, bucket, latest_key))["run_id"]
     run = f"{sweep}/{run_id}"
     manifest_key = next((k for k in (f"{run}/report/manifest.json", f"{run}/manifest.json") if k in objects), None)
     if manifest_key is None:
-        return fail([f"{run}/report/manifest.json: missing for run_id {run_id} named by latest.json"])
+        return fail(leaks + [f"{run}/report/manifest.json: missing for run_id {run_id} named by latest.json"])
     manifest = json.loads(read(s3, bucket, manifest_key))
 
     files = manifest.get("files") or []
@@ -53,10 +59,20 @@ def main(spec_file: str, storage_uri: str) -> int:
             problems.append(f"{key}: size {objects[key]} in the bucket, {entry['size']} in the manifest")
         elif entry.get("sha256") and hashlib.sha256(read(s3, bucket, key)).hexdigest() != entry["sha256"]:
             problems.append(f"{key}: sha256 differs from the manifest")
-    if problems:
-        return fail(problems)
+    if problems or leaks:
+        return fail(leaks + problems)
     print(f"ok: run {run_id}: {manifest_key} lists {len(files)} files, all present with their size and sha256")
     return 0
+
+
+def find_credentials(s3, bucket: str, objects: dict[str, int]) -> list[str]:
+    """One line per object that contains the job's access key or secret key, in plain bytes."""
+    canaries = {name: os.environ[name].encode() for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    leaks = []
+    for key in sorted(objects):
+        data = read(s3, bucket, key)
+        leaks += [f"s3://{bucket}/{key}: holds the value of {name}" for name, value in canaries.items() if value in data]
+    return leaks
 
 
 def read(s3, bucket: str, key: str) -> bytes:
