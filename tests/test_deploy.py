@@ -121,9 +121,14 @@ def test_every_spec_path_exists_in_the_repo_and_the_image() -> None:
         )
 
 
+def _effective_command(container: dict[str, Any]) -> list[str]:
+    """What a container runs: its command, or the image's entrypoint (tini -> sweep) with its args."""
+    return container["command"] + container.get("args", []) if "command" in container else ["sweep", *container["args"]]
+
+
 def _commands() -> list[list[str]]:
     entrypoints = [shlex.split(spec["entrypoint"]) for spec in _ray_job_specs()]
-    cronjob = [c["command"] for doc in _of_kind("CronJob") for c in _containers(doc)]
+    cronjob = [_effective_command(c) for doc in _of_kind("CronJob") for c in _containers(doc)]
     return entrypoints + cronjob
 
 
@@ -144,7 +149,9 @@ def test_the_cronjob_submits_to_the_raycluster_with_its_token() -> None:
     (cronjob,) = _of_kind("CronJob")
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     (container,) = _containers(cronjob)
-    address = container["command"][container["command"].index("--address") + 1]
+    assert "command" not in container, "args keep the image's entrypoint: tini passes the pod's SIGTERM on"
+    command = _effective_command(container)
+    address = command[command.index("--address") + 1]
     assert address == f"http://{cluster['metadata']['name']}-head-svc:8265"
     env = {e["name"]: e for e in container["env"]}
     assert env["RAY_AUTH_MODE"]["value"] == "token"
@@ -166,12 +173,37 @@ def test_kuberay_jobs_retry_clean_up_and_run_trials_on_gpus() -> None:
         assert gpus and all(int(g) >= 1 for g in gpus), doc["metadata"]["name"]
 
 
-def test_ray_pods_get_storage_credentials_from_a_secret() -> None:
+def test_ray_pods_read_storage_credentials_from_a_mounted_secret_file() -> None:
     for doc in _of_kind("RayJob") + _of_kind("RayCronJob") + _of_kind("RayCluster"):
-        for container in _containers(doc):
-            refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
-            assert refs == ["sweep-job-s3"], (doc["metadata"]["name"], container["name"])
-            assert not [e for e in container.get("env", []) if "value" in e and e["name"].startswith("AWS_SECRET")]
+        pods = [t["spec"] for t in _walk(doc, "template")]
+        assert pods, doc["metadata"]["name"]
+        for pod in pods:
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert volumes["s3-credentials"]["secret"]["secretName"] == "sweep-job-s3"
+            assert pod["securityContext"]["fsGroup"] == 1000, "the image's user reads the file through its group"
+            for container in pod["containers"]:
+                where = (doc["metadata"]["name"], container["name"])
+                mounts = {m["name"]: m for m in container["volumeMounts"]}
+                assert mounts["s3-credentials"]["readOnly"] is True, where
+                env = {e["name"]: e.get("value") for e in container["env"]}
+                assert env["AWS_SHARED_CREDENTIALS_FILE"] == f"{mounts['s3-credentials']['mountPath']}/credentials", where
+                assert [e["configMapRef"]["name"] for e in container["envFrom"]] == ["sweep-job-s3"], where
+
+
+def test_no_manifest_puts_s3_keys_in_environment_variables() -> None:
+    """Keys in variables reach every process Ray starts and `kubectl describe`; they travel as a file."""
+    for path in MANIFESTS:
+        for doc in _docs(path):
+            for container in _containers(doc) + [c for group in _walk(doc, "initContainers") for c in group]:
+                names = [e["name"] for e in container.get("env", [])]
+                assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(names), (path, names)
+                assert not [e for e in container.get("envFrom", []) if "secretRef" in e], (path, container["name"])
+        assert "AWS_SECRET_ACCESS_KEY=" not in path.read_text(), f"{path}: a key passed as a variable"
+
+
+def test_launcher_keeps_tini_as_the_containers_init() -> None:
+    run_options = _docs(LAUNCHER)[0]["docker"]["run_options"]
+    assert "--entrypoint=tini" in run_options, run_options
 
 
 def test_raycronjob_is_scheduled_and_flagged_alpha() -> None:
