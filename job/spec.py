@@ -326,7 +326,7 @@ def _apply_override(raw: Any, item: str) -> None:
     parts = path.split(".")
     where = f"--set {_dotted(parts)}"
     if len(parts) > MAX_YAML_DEPTH:
-        raise SpecError([f"{where}: nested deeper than {MAX_YAML_DEPTH} levels (got {len(parts)}). Name a field of the spec"])
+        raise SpecError([f"{where}: nested deeper than {MAX_YAML_DEPTH} levels (got {len(parts)}). Name a field of the spec."])
     value = _load_yaml(text, lambda inner: f"--set {_dotted(parts + inner)}")
     node = _mapping(raw)
     for key in parts[:-1]:
@@ -345,11 +345,11 @@ def _load_yaml(text: str, where: Callable[[list[Any]], str]) -> Any:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError([f"{where([])}: YAML syntax error{at}: {err.problem or err.context or 'invalid YAML'}. Fix the YAML there"]) from None
+        raise SpecError([f"{where([])}: YAML syntax error{at}: {err.problem or err.context or 'invalid YAML'}. Fix the YAML there."]) from None
     except yaml.reader.ReaderError as err:
         line = text.count("\n", 0, err.position) + 1
         raise SpecError([f"{where([])}: YAML syntax error at line {line}: character #x{err.character:04x} is not allowed. "
-                         "Remove it, or write it as an escape in a double-quoted string"]) from None
+                         "Remove it, or write it as an escape in a double-quoted string."]) from None
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -413,12 +413,12 @@ class _SpecLoader(yaml.SafeLoader):
         where = self.where([p for p in self.path if p is not None])
         mark = at if isinstance(at, yaml.Mark) else at.start_mark
         line, column = mark.line + 1, mark.column + 1
-        raise SpecError([f"{where}: {what} (got {got} at line {line}, column {column}). {fix}"])
+        raise SpecError([f"{where}: {what} (got {got} at line {line}, column {column}). {fix}."])
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
-        except ValueError as err:  # PyYAML's own readers of plain values, e.g. the date 2001-13-45
+        except (ValueError, OverflowError) as err:  # PyYAML's readers of plain values: 2001-13-45, 1:1:...:1.5
             self._refuse(node, f"YAML cannot read this value ({str(err)[:80]})", short_repr(node.value), "Quote it if it is text")
 
 
@@ -496,7 +496,7 @@ def _dotted(parts: list[Any]) -> str:
     """`search.space.optim.lr.grid[0]`, each key as `shown`: a path in a message cannot forge lines."""
     text = ""
     for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + shown(part)
+        text = f"{text or 'spec'}[{part}]" if isinstance(part, int) else f"{text}{'.' if text else ''}{shown(part)}"
     return text or "spec"
 
 

@@ -430,6 +430,7 @@ def test_non_string_keys_are_refused(tmp_path: Path, key: str, kind: str) -> Non
         ("seed: " + "9" * 4000 + "\n", "seed", "(got 999"),
         ("seed: 2001-13-45\n", "{file}", "YAML cannot read this value (month must be in 1..12)"),
         ("seed: 0x_\n", "{file}", "YAML cannot read this value"),
+        ("seed: " + "1:" * 200 + "1.5\n", "{file}", "YAML cannot read this value (int too large to convert to float)"),
         ("seed: " + "9" * 5000 + "\n", "seed", "a value longer than 4096 characters"),
         ("seed: a\x1bb\n", "{file}", "character #x001b is not allowed"),
     ],
