@@ -1,5 +1,5 @@
 """The only Ray Tune code: the Tuner built from the spec, the trainable adapter, resources, GPU
-fallback, resume, and collecting results for the report.
+fallback, resume, clean stops, and collecting results for the report.
 
 Must not parse YAML or read the environment: it receives a validated `JobSpec` and a `Store`.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import secrets
+import signal
 import tempfile
 import time
 from importlib.metadata import version
@@ -20,40 +21,95 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from job import report, train
-from job.results import EPOCH, MANIFEST_SCHEMA_VERSION, METRIC_MODES, EpochMetrics, SweepResult, TrialResult, best_of
-from job.spec import Choice, Grid, JobSpec, LogUniform, Uniform, resolve_trial
+from job import data, report, storage, train
+from job.results import EPOCH, METRIC_MODES, Attempt, EpochMetrics, Manifest, SweepResult, TrialResult, TrialSummary, best_of
+from job.spec import Choice, Grid, JobSpec, LogUniform, SpecError, Uniform, UserError, resolve_trial
 from job.storage import Store
 
 VARIANT = "variant"  # the config key that selects the variant; every other key is a dotted spec path
 NODE = "node"
+NOTE = "note"  # a line about where a resumed trial started, printed by the progress callback
+REPLAY = "replay"  # set on the one result a trial that had already finished reports again after a restart
+TERMINATED = "TERMINATED"
 
 
-def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False) -> SweepResult:
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the sweep after Tune saved its state; the run resumes on a rerun."""
+
+    def __init__(self, run_id: str, signum: int) -> None:
+        super().__init__(run_id, signum)
+        self.run_id, self.signum = run_id, signum
+
+
+def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluster: bool = False) -> SweepResult:
     """Run (or resume) the sweep, then commit the report to storage; returns the results."""
     store.check()
-    run_id = _resumable_run(job_spec, store) if not fresh else None
+    data.prepare(job_spec.data)  # a missing or corrupt dataset is one error here, not one per trial
+    run_id = None if fresh else _resumable_run(job_spec, store)
     resuming = run_id is not None
     run_id = run_id or new_run_id()
-    storage_path, filesystem = store.tune_location(job_spec.name, run_id)
-    print(f"{'resuming' if resuming else 'starting'} run {run_id} -> {store.url(f'{job_spec.name}/{run_id}')}", flush=True)
-    _init_ray()
-    gpus = _gpus_per_trial(job_spec)
+    lease = storage.RunLease(store, job_spec.name, run_id)
+    lease.acquire()
+    try:
+        storage_path, filesystem = store.tune_location(job_spec.name, run_id)
+        print(f"{'resuming' if resuming else 'starting'} run {run_id} -> {store.url(f'{job_spec.name}/{run_id}')}", flush=True)
+        _init_ray()
+        gpus = _gpus_per_trial(job_spec)
+        _check_resources(job_spec, gpus, joins_cluster)
+        grid = _fit(job_spec, gpus, f"{storage_path}/tune", filesystem, run_id)
+        result = collect(job_spec, run_id, grid)
+        if any(t.status == TERMINATED for t in result.trials):
+            _prune(job_spec, grid)
+            _commit(job_spec, store, result, filesystem, [(a["started_at"], a["wall_s"]) for a in lease.attempts])
+            print_summary(result, store.url(f"{job_spec.name}/{run_id}/report"))
+        return result
+    except (OSError, SpecError) as err:
+        cause = err.problems[0] if isinstance(err, SpecError) else f"{store.uri}: storage failed ({' '.join(str(err).split())})"
+        raise SpecError([f"{cause.rstrip('.')}. Run {run_id} is saved up to its last checkpoints; rerun the same command to resume"]) from None
+    finally:
+        lease.release()
+
+
+def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str) -> Any:
+    """Tune's fit, new or restored; SIGTERM and SIGINT stop it the way Tune's own SIGUSR1 does."""
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, job_spec=job_spec, gpus=gpus), {"cpu": job_spec.resources.cpus, "gpu": gpus}
     )
-    progress = Progress(job_spec.trial_count(), job_spec.search.metric)
-    if resuming:
-        path = f"{storage_path}/tune"
+    if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        # The restored Tuner brings back its pickled callbacks: Progress counts the saved trials itself.
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
-        tuner = _new_tuner(job_spec, trainable, storage_path, filesystem, progress)
-    started = time.perf_counter()
-    grid = tuner.fit()
-    result = collect(job_spec, run_id, grid)
-    _commit(job_spec, store, result, filesystem, time.perf_counter() - started)
-    print_summary(result, store.url(f"{job_spec.name}/{run_id}/report"))
-    return result
+        tuner = _new_tuner(job_spec, trainable, path, filesystem, Progress(job_spec.trial_count(), job_spec.search.metric))
+    with _StopSignals(run_id) as stop:
+        grid = tuner.fit()
+    if stop.signum is not None:
+        raise Interrupted(run_id, stop.signum)
+    return grid
+
+
+class _StopSignals:
+    """SIGTERM (docker stop, spot preemption) and SIGINT become Tune's SIGUSR1: trials stop, the
+    experiment state is saved, and `fit` returns. Without this Ray's own SIGTERM handler exits the
+    driver mid-call and the core worker aborts with a stack dump."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id, self.signum = run_id, None
+
+    def __enter__(self) -> _StopSignals:
+        self.previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            return  # one stop at a time: Tune is already saving
+        self.signum = signum
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            raise Interrupted(self.run_id, signum)  # Tune's loop has not started: nothing to save yet
+        signal.raise_signal(signal.SIGUSR1)
 
 
 def new_run_id() -> str:
@@ -62,13 +118,20 @@ def new_run_id() -> str:
 
 
 def _resumable_run(job_spec: JobSpec, store: Store) -> str | None:
-    """The newest run that never committed and left Tune state behind: a driver that died."""
+    """The newest run that is unfinished: no manifest (a driver died or was stopped) or committed with
+    failed trials (which a rerun retries from their checkpoints). A newer complete run ends the search."""
     for run_id in reversed(store.run_ids(job_spec.name)):
-        if store.is_committed(job_spec.name, run_id):
+        try:
+            manifest = store.read_manifest(job_spec.name, run_id)
+        except UserError:
+            continue  # a damaged manifest: that run cannot be resumed, an older one may
+        if manifest is not None and all(t.status == TERMINATED for t in manifest.trials):
             return None
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         if tune.Tuner.can_restore(f"{storage_path}/tune", storage_filesystem=filesystem):
             return run_id
+        if manifest is None and store.read_optional(f"{job_spec.name}/{run_id}/{storage.LEASE}") is not None:
+            return run_id  # its driver died before Tune saved anything: the run starts over under its id
     return None
 
 
@@ -86,16 +149,31 @@ def _gpus_per_trial(job_spec: JobSpec) -> float:
     return wanted
 
 
-def _new_tuner(job_spec: JobSpec, trainable: Any, storage_path: str, filesystem: Any, progress: Progress) -> tune.Tuner:
+def _check_resources(job_spec: JobSpec, gpus: float, joins_cluster: bool) -> None:
+    """A trial no node can hold would wait forever: refused on a Ray we started, said on a cluster that may grow."""
+    cpus = job_spec.resources.cpus
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        return
+    need = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
+    largest = max((f"{r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs" for r in nodes), default="no nodes")
+    if not joins_cluster:
+        raise SpecError([f"resources: no node can hold a trial of {need} (got {largest} on this machine). "
+                         "Lower resources.cpus or resources.gpus"])
+    print(f"waiting: no node has {need} for a trial yet (largest: {largest}); trials start when the cluster adds one", flush=True)
+
+
+def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, progress: Progress) -> tune.Tuner:
     search = job_spec.search
-    checkpoints = tune.CheckpointConfig(
-        num_to_keep=job_spec.checkpoints.keep, checkpoint_score_attribute=search.metric, checkpoint_score_order=search.mode
-    )
+    storage_path, name = path.rsplit("/", 1)
     run_config = tune.RunConfig(
-        name="tune",
+        name=name,
         storage_path=storage_path,
         storage_filesystem=filesystem,
-        checkpoint_config=checkpoints,
+        # No num_to_keep: Tune deletes a checkpoint as soon as a better one arrives, but restores from the
+        # state it saved up to ~10 s earlier, which may point at the deleted one. `_prune` keeps the best
+        # k once the state no longer needs the others.
+        checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=search.metric, checkpoint_score_order=search.mode),
         failure_config=tune.FailureConfig(max_failures=job_spec.failures.max_retries),
         callbacks=[progress],
         verbose=0,
@@ -132,84 +210,147 @@ def _scheduler(job_spec: JobSpec) -> Any:
 
 
 def run_trial(config: dict[str, Any], job_spec: JobSpec, gpus: float) -> None:
-    """Tune's trainable: rebuild a validated trial spec, resume from Tune's checkpoint, report each epoch."""
+    """Tune's trainable: rebuild a validated trial spec, resume from the newest good checkpoint, report each epoch."""
     trial = resolve_trial(job_spec, config[VARIANT], {k: v for k, v in config.items() if k != VARIANT})
     device = train.choose_device(threads=max(1, int(job_spec.resources.cpus)), use_cuda=gpus > 0)
     node = ray.get_runtime_context().get_node_id()
-    state = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state, _, _ = train.load_checkpoint(Path(folder), device)
+    state, note = _resume(checkpoint, device) if checkpoint else (None, "")
+    if state is not None and state.epoch >= trial.optim.epochs:  # it had finished before the restart
+        tune.report({**state.history[-1].to_dict(), NODE: node, NOTE: note, REPLAY: True})
+        return
     for metrics, state in train.train_trial(trial, device, state):
         with tempfile.TemporaryDirectory() as folder:
             train.save_checkpoint(Path(folder), state, trial, metrics)
-            tune.report({**metrics.to_dict(), NODE: node}, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**metrics.to_dict(), NODE: node, NOTE: note}, checkpoint=tune.Checkpoint.from_directory(folder))
+        note = ""
+
+
+def _resume(checkpoint: tune.Checkpoint, device: Any) -> tuple[train.TrainState | None, str]:
+    """The newest readable checkpoint of the trial, which may be newer than the one Tune's saved state
+    names (those written after its last snapshot); damaged ones are skipped, and the note says so."""
+    trial_path = checkpoint.path.rsplit("/", 1)[0]
+    skipped = []
+    for path, meta in storage.checkpoint_folders(checkpoint.filesystem, trial_path, train.TRIAL_JSON):
+        try:
+            with tune.Checkpoint(path, checkpoint.filesystem).as_directory() as folder:
+                state, _, _ = train.load_checkpoint(Path(folder), device)
+        except (UserError, OSError):
+            skipped.append(path.rsplit("/", 1)[-1])
+            continue
+        unreadable = f" ({', '.join(skipped)} unreadable)" if skipped else ""
+        return state, f"resumed at epoch {state.epoch} from checkpoint {path.rsplit('/', 1)[-1]}{unreadable}"
+    return None, f"no readable checkpoint ({', '.join(skipped) or 'none found'}): starting over"
 
 
 def collect(job_spec: JobSpec, run_id: str, grid: Any) -> SweepResult:
-    """Turn Tune's ResultGrid into plain records (one per trial, every epoch it reported)."""
+    """Plain records, one per trial; each trial's history is its newest checkpoint's (complete across
+    resumes), falling back to Tune's results for a trial that never checkpointed."""
     trials = []
+    metric, mode = job_spec.search.metric, job_spec.search.mode
     for result in grid:
-        history = result.metrics_dataframe
-        rows = [] if history is None else history.drop_duplicates(EPOCH, keep="last").to_dict("records")
-        metrics = result.metrics or {}
-        config = result.config or {}
-        best = result.get_best_checkpoint(job_spec.search.metric, job_spec.search.mode) if rows else None
+        folders = storage.checkpoint_folders(result.filesystem, result.path, train.TRIAL_JSON)
+        if folders:
+            rows = folders[0][1].get("history", [])
+        else:
+            history = result.metrics_dataframe
+            rows = [] if history is None else history.drop_duplicates(EPOCH, keep="last").to_dict("records")
+        scored = [(meta["metrics"][metric], path) for path, meta in folders if metric in meta.get("metrics", {})]
+        best = (max if mode == "max" else min)(scored)[1] if scored else ""
+        metrics, config = result.metrics or {}, result.config or {}
         trials.append(TrialResult(
             trial_id=metrics.get("trial_id", Path(result.path).name),
             variant=config.get(VARIANT, "?"),
             params={k: v for k, v in config.items() if k != VARIANT},
-            status="ERROR" if result.error else "TERMINATED",
+            status="ERROR" if result.error else TERMINATED,
             epochs=[EpochMetrics.from_dict(row) for row in rows],
             node=str(metrics.get(NODE, "")),
-            checkpoint=best.path if best else "",
+            checkpoint=best,
+            error=_error_line(result) if result.error else "",
         ))
     return SweepResult(job_spec.name, run_id, job_spec.search.metric, trials)
 
 
-def _commit(job_spec: JobSpec, store: Store, result: SweepResult, filesystem: Any, wall_s: float) -> None:
-    """Render the report, add the best checkpoint, and commit it: the manifest goes last."""
+def _error_line(result: Any) -> str:
+    """A trial's error in one line: a user error's own words (they pickle intact), else its type and first line."""
+    err = getattr(result.error, "cause", None) or result.error
+    if isinstance(err, UserError):
+        text = "; ".join(err.problems)
+    else:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        text = f"{type(err).__name__}: {lines[-1] if lines else ''}"
+    return f"{text.strip()} (full log: {result.path}/error.txt)"
+
+
+def _prune(job_spec: JobSpec, grid: Any) -> None:
+    """Keep each finished trial's best k checkpoints and its newest; failed trials keep all, to resume from."""
+    metric, keep = job_spec.search.metric, job_spec.checkpoints.keep
+    sign = -1.0 if job_spec.search.mode == "max" else 1.0
+    for result in grid:
+        if result.error:
+            continue
+        folders = storage.checkpoint_folders(result.filesystem, result.path, train.TRIAL_JSON)
+        ranked = sorted(folders, key=lambda item: sign * item[1].get("metrics", {}).get(metric, -sign * float("inf")))
+        kept = {path for path, _ in ranked[:keep]} | {path for path, _ in folders[:1]}
+        storage.delete_folders(result.filesystem, [path for path, _ in folders if path not in kept])
+
+
+def _commit(job_spec: JobSpec, store: Store, result: SweepResult, filesystem: Any, attempts: list[tuple[str, float]] | float) -> Manifest:
+    """Render the report, add the best checkpoint, and commit it: the manifest goes last. `attempts` is
+    (started_at ISO 8601 UTC, wall_s) per driver that ran the run; a bare float, one attempt ending now."""
     best = result.best_trial()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         report.render(result, out, job_spec.model_dump(mode="json"))
         if best is not None and best.checkpoint:
             tune.Checkpoint(best.checkpoint, filesystem).to_directory(str(out / "best"))
-        store.commit_run(job_spec.name, result.run_id, out, _manifest(job_spec, result, wall_s))
+        return store.commit_run(job_spec.name, result.run_id, out, _manifest(job_spec, result, attempts))
 
 
-def _manifest(job_spec: JobSpec, result: SweepResult, wall_s: float) -> dict[str, Any]:
+def _manifest(job_spec: JobSpec, result: SweepResult, attempts: list[tuple[str, float]] | float) -> Manifest:
+    """The manifest before the commit adds its files; `best_trial` None (no trial finished with results)
+    keeps latest.json where it is."""
+    if isinstance(attempts, (int, float)):
+        attempts = [(datetime.fromtimestamp(time.time() - attempts, timezone.utc).isoformat(timespec="seconds"), attempts)]
     best = result.best_trial()
-    return {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "name": job_spec.name,
-        "run_id": result.run_id,
-        "metric": result.metric,
-        "mode": result.mode,
-        "wall_s": round(wall_s, 2),
-        "spec": job_spec.model_dump(mode="json"),
-        "versions": {"python": platform.python_version(), **{dist: version(dist) for dist in ("sweep-job", "torch", "ray", "pyarrow", "boto3")}},
-        "best_trial": best.trial_id if best else None,
-        "trials": [
-            {
-                "trial_id": t.trial_id, "variant": t.variant, "params": t.params, "status": t.status, "node": t.node,
-                "epochs": len(t.epochs), "best": {m: t.best(m) for m in METRIC_MODES},
-                "checkpoint": t.checkpoint,
-            }
+    return Manifest(
+        name=job_spec.name,
+        run_id=result.run_id,
+        metric=result.metric,
+        mode=result.mode,
+        spec=job_spec.model_dump(mode="json"),
+        versions={"python": platform.python_version(), **{dist: version(dist) for dist in ("sweep-job", "torch", "ray", "pyarrow", "boto3")}},
+        best_trial=best.trial_id if best else None,
+        trials=tuple(
+            TrialSummary(trial_id=t.trial_id, variant=t.variant, params=t.params, status=t.status, node=t.node,
+                         epochs=len(t.epochs), best={m: t.best(m) for m in METRIC_MODES}, checkpoint=t.checkpoint)
             for t in result.ranked()
-        ],
-    }
+        ),
+        attempts=tuple(Attempt(started_at, round(wall_s, 2)) for started_at, wall_s in attempts),
+    )
 
 
 class Progress(tune.Callback):
-    """One line per trial event instead of Ray's tables: running, done, best so far."""
+    """One line per trial event instead of Ray's tables: done, failed, running, best so far.
+
+    After a restart the counts and the best start from the trials Tune saved, not from zero."""
 
     def __init__(self, total: int, metric: str) -> None:
         self.total, self.metric = total, metric
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
         self.running: set[str] = set()
-        self.done = 0
         self.best: float | None = None
+        self.counted = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.counted:
+            return
+        self.counted = True
+        self.done = {t.trial_id for t in trials if t.status == TERMINATED}
+        mode = METRIC_MODES[self.metric]
+        seen = [t.metric_analysis[self.metric][mode] for t in trials if self.metric in t.metric_analysis]
+        self.best = best_of(seen, self.metric) if seen else None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
@@ -219,24 +360,29 @@ class Progress(tune.Callback):
         value = result.get(self.metric)
         if value is not None:
             self.best = value if self.best is None else best_of([self.best, value], self.metric)
-        self._say(
-            f"epoch  {trial.trial_id} {result.get(EPOCH)}: {self.metric} {value:.4g} "
-            f"({result.get('samples_per_s', 0):,.0f} samples/s, {result.get('device')})"
-        )
+        if result.get(NOTE):
+            self._say(f"note   {trial.trial_id}: {result[NOTE]}")
+        if not result.get(REPLAY):
+            self._say(
+                f"epoch  {trial.trial_id} {result.get(EPOCH)}: {self.metric} {value:.4g} "
+                f"({result.get('samples_per_s', 0):,.0f} samples/s, {result.get('device')})"
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
-        self.done += 1
+        self.done.add(trial.trial_id)
         self._say(f"done   {trial.trial_id}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
-        self.done += 1
+        self.failed.add(trial.trial_id)
         self._say(f"FAILED {trial.trial_id}: see {trial.path}/error.txt")
 
     def _say(self, text: str) -> None:
         best = "-" if self.best is None else f"{self.best:.4g}"
-        print(f"[{self.done}/{self.total} done, {len(self.running)} running, best {self.metric} {best}] {text}", flush=True)
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        print(f"[{len(self.done)}/{self.total} done{failed}, {len(self.running)} running, best {self.metric} {best}] {text}",
+              flush=True)
 
 
 def print_summary(result: SweepResult, where: str) -> None:
