@@ -151,10 +151,11 @@ def test_gpu_override_reserves_every_nvidia_gpu() -> None:
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
 
 
-def test_e2e_override_only_swaps_the_s3_service_image_and_command() -> None:
+def test_e2e_override_only_swaps_the_s3_service_and_the_build_network() -> None:
     override = compose("docker/compose.e2e.yml")
-    assert set(override) == {"services"} and set(override["services"]) == {"s3"}
+    assert set(override) == {"services"} and set(override["services"]) == {"s3", "job"}
     assert set(override["services"]["s3"]) <= {"image", "entrypoint", "command", "healthcheck"}
+    assert override["services"]["job"] == {"build": {"network": "host"}}, "only the build network, for the loopback wheel server"
 
 
 def test_env_example_documents_every_compose_variable() -> None:
