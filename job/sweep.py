@@ -139,6 +139,8 @@ def _init_ray() -> None:
     if not ray.is_initialized():
         # Joins the cluster when there is one (RAY_ADDRESS, or inside a Ray job), else starts a local one.
         ray.init(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    # Tune logs each failed trial's traceback; Progress prints one FAILED line naming its error.txt instead.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
 def _gpus_per_trial(job_spec: JobSpec) -> float:
@@ -278,8 +280,13 @@ def _error_line(result: Any) -> str:
         text = "; ".join(err.problems)
     else:
         lines = [line for line in str(err).splitlines() if line.strip()]
-        text = f"{type(err).__name__}: {lines[-1] if lines else ''}"
-    return f"{text.strip()} (full log: {result.path}/error.txt)"
+        text = f"{type(err).__name__}: {lines[0] if lines else ''}"
+    return f"{text.strip()} (full log: {_url(result.filesystem, result.path)}/error.txt)"
+
+
+def _url(filesystem: Any, path: str) -> str:
+    """Tune's paths carry no scheme; users copy them into `aws s3 cp`, so S3 ones get theirs back."""
+    return f"s3://{path}" if filesystem is not None and filesystem.type_name == "s3" else path
 
 
 def _prune(job_spec: JobSpec, grid: Any) -> None:
@@ -376,7 +383,7 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
         self.failed.add(trial.trial_id)
-        self._say(f"FAILED {trial.trial_id}: see {trial.path}/error.txt")
+        self._say(f"FAILED {trial.trial_id}: see {_url(trial.storage.storage_filesystem, trial.path)}/error.txt")
 
     def _say(self, text: str) -> None:
         best = "-" if self.best is None else f"{self.best:.4g}"

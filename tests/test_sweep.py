@@ -218,3 +218,57 @@ def test_killed_driver_resumes_the_same_run_without_retraining_finished_trials(s
     assert manifest["run_id"] == run_id and len(manifest["trials"]) == 6
     assert {t["status"] for t in manifest["trials"]} == {"TERMINATED"}
     assert all(t["epochs"] == 4 for t in manifest["trials"])
+
+
+def test_a_user_error_raised_in_a_ray_task_arrives_intact() -> None:
+    """Ray rebuilds exceptions from their pickle: a SpecError used to come back as one problem per letter."""
+    import ray
+
+    from job.spec import SpecError, UserError
+
+    @ray.remote
+    def fail() -> None:
+        raise SpecError(["data: cannot download CIFAR-10 (URLError). Set data.source", "optim.lr: too big (got 9). Lower it"])
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        with pytest.raises(UserError) as caught:
+            ray.get(fail.remote())
+    finally:
+        ray.shutdown()
+    assert caught.value.problems == ["data: cannot download CIFAR-10 (URLError). Set data.source", "optim.lr: too big (got 9). Lower it"]
+
+
+def test_a_sweep_whose_every_trial_fails_says_so_in_one_line_and_commits_nothing(s3_server: str, tmp_path: Path) -> None:
+    """A real failure in every trial: torch.compile on the CPU with no working C++ compiler."""
+    env = {**sweep_env(s3_server, tmp_path), "CXX": "/bin/false"}
+    uri = f"s3://allfail-{uuid.uuid4().hex[:12]}/p"
+    sets = [f"storage.uri={uri}", "optim.compile=true", "failures.max_retries=0", "search.space={}", "variants={basic: {hidden: 8}}"]
+    done = run_sweep(["run", SMOKE, *[arg for item in sets for arg in ("--set", item)]], env)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "all 1 trials failed" in errors[0], done.stderr[-2000:]
+    assert "(full log: s3://" in errors[0] and errors[0].endswith("/error.txt)")
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]  # the trace is in error.txt
+    assert "FAILED " in done.stdout
+    keys = Bucket(uri, s3_server).keys()
+    assert not [k for k in keys if k.endswith(("manifest.json", "latest.json"))], keys  # nothing claims results
+
+
+def test_a_trial_no_node_can_hold_is_refused_in_one_line(s3_server: str, tmp_path: Path) -> None:
+    done = run_sweep(["run", SMOKE, "--set", f"storage.uri={tmp_path / 'out'}", "--set", "resources.cpus=64"],
+                     sweep_env(s3_server, tmp_path), timeout_s=120)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: resources: no node can hold a trial of 64 CPUs") and "resources.cpus" in line
+
+
+def test_a_missing_dataset_is_one_line_before_ray_starts(s3_server: str, tmp_path: Path) -> None:
+    digest = "ab" * 32  # all digits would read as a YAML number
+    sets = [f"storage.uri={tmp_path / 'out'}", "data.dataset=cifar10", f"data.root={tmp_path / 'cache'}",
+            f"data.source={tmp_path / 'absent.tar.gz'}", f"data.sha256={digest}"]
+    done = run_sweep(["run", SMOKE, *[arg for item in sets for arg in ("--set", item)]], sweep_env(s3_server, tmp_path), timeout_s=120)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: data.source: file not found")
+    assert "starting run" not in done.stdout  # refused before any run or trial
