@@ -371,6 +371,7 @@ def test_only_a_few_bad_values_are_listed() -> None:
         ('"lr\\nerror: forged"', r"optim.'lr\nerror: forged'"),
         ('"\\e[2J"', r"optim.'\x1b[2J'"),
         ('"\\u202Elr"', r"optim.'\u202elr'"),
+        ("\u043elr", r"optim.'\u043elr'"),
         ("k" * 1000, "optim.'kkkkkkkk"),
     ],
 )

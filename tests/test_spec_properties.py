@@ -12,14 +12,15 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic.fields import FieldInfo
 
-from job.spec import SEARCHABLE, JobSpec, MLPSpec, AshaSpec, SpecError, Strict, load_spec, resolve_trial
+from job.spec import SEARCHABLE, AshaSpec, JobSpec, MLPSpec, OptimSpec, SpecError, Strict, load_spec, parse_spec, resolve_trial
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_FILES = sorted((REPO / "specs").glob("*.yaml"))
@@ -150,11 +151,12 @@ def measured(load: Callable[[], JobSpec], label: str) -> JobSpec | SpecError:
     return result
 
 
-# The start of a problem line: the file, an override, a known section, or an escaped (quoted) key.
+# The start of a problem line: the file, an override, a section, an escaped (quoted) key, or a key in the input.
 KNOWN_START = re.compile(r"^(--set[ :]|spec[:\[]|['\"]|(" + "|".join(JobSpec.model_fields) + r")[.:\[])")
 
 
-def assert_accepted_or_one_line_each(result: JobSpec | SpecError, file: Path | None) -> None:
+def assert_accepted_or_one_line_each(result: JobSpec | SpecError, file: Path, source: str) -> None:
+    """`source` is the input's text: a problem may start with a key the user wrote."""
     if isinstance(result, JobSpec):
         assert_trials_resolve(result)
         return
@@ -163,7 +165,8 @@ def assert_accepted_or_one_line_each(result: JobSpec | SpecError, file: Path | N
         assert line.isprintable() and len(line) < 600, line  # one line: no newline, no control character
         where, sep, what = line.partition(": ")
         assert sep and where and what, line
-        named = (file and line.startswith(f"{file}: ")) or KNOWN_START.match(line) or "not a field of the spec" in what
+        head = re.split(r"[.\[:]", line, maxsplit=1)[0]
+        named = line.startswith(f"{file}: ") or KNOWN_START.match(line) or head in source
         assert named, f"no dotted path or file name starts {line!r}"
 
 
@@ -184,13 +187,52 @@ def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @given(text=mutated_specs())
 def test_mutated_spec_files_are_accepted_or_refused_in_one_line_each(spec_file: Path, text: str) -> None:
     spec_file.write_text(text, encoding="utf-8")
-    assert_accepted_or_one_line_each(measured(lambda: load_spec(spec_file), text), spec_file)
+    assert_accepted_or_one_line_each(measured(lambda: load_spec(spec_file), text), spec_file, text)
 
 
-@PROPERTY
+@settings(PROPERTY, max_examples=300)
 @given(base=st.sampled_from(SPEC_FILES), overrides=OVERRIDES)
 def test_random_overrides_are_accepted_or_refused_in_one_line_each(base: Path, overrides: list[str]) -> None:
-    assert_accepted_or_one_line_each(measured(lambda: load_spec(base, overrides), repr(overrides)), base)
+    assert_accepted_or_one_line_each(measured(lambda: load_spec(base, overrides), repr(overrides)), base, "\n".join(overrides))
+
+
+def searchable_field(path: str) -> FieldInfo:
+    section, key = path.split(".")
+    return (OptimSpec if section == "optim" else MLPSpec).model_fields[key]
+
+
+def near_bounds(path: str) -> st.SearchStrategy[Any]:
+    """Values of a searchable field's type, from a little outside its bounds to a little inside."""
+    field = searchable_field(path)
+    if field.annotation is bool:
+        return st.booleans() | st.sampled_from([0, 1, 2, "yes", "maybe"])
+    if get_origin(field.annotation) is Literal:
+        return st.sampled_from([*get_args(field.annotation), "fp16"])
+    bounds = {name: getattr(m, name) for m in field.metadata for name in ("ge", "gt", "le", "lt") if hasattr(m, name)}
+    low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    if field.annotation is int:
+        return st.integers(low - 2, min(high, low + 100) + 2) | st.sampled_from([high, high + 1])
+    return st.floats(low - 0.1, high + 0.1) | st.sampled_from([low, high, float("nan"), float("inf")])
+
+
+@st.composite
+def search_spaces(draw: st.DrawFn) -> dict[str, Any]:
+    """One or two searchable fields, each with a grid or choice of values or a range, near the field's bounds."""
+    space = {}
+    for path in draw(st.lists(st.sampled_from(SEARCHABLE), min_size=1, max_size=2, unique=True)):
+        values = near_bounds(path)
+        ranges = ["uniform", "loguniform"] if searchable_field(path).annotation is float else ["uniform"]  # refused elsewhere: rarely
+        kind = draw(st.sampled_from(["grid", "choice"] * (1 if len(ranges) == 2 else 4) + ranges))
+        size = (2, 2) if kind in ("uniform", "loguniform") else (1, 3)
+        space[path] = {kind: draw(st.lists(values, min_size=size[0], max_size=size[1]))}
+    return space
+
+
+@settings(PROPERTY, max_examples=300)
+@given(space=search_spaces())
+def test_a_search_space_is_refused_or_every_trial_it_defines_resolves(space: dict[str, Any]) -> None:
+    raw = {**yaml.safe_load(SPEC_TEXTS[-1]), "search": {"space": space}}
+    assert_accepted_or_one_line_each(measured(lambda: parse_spec(raw), repr(space)), SPEC_FILES[-1], repr(space))
 
 
 @pytest.mark.parametrize("text", SPEC_TEXTS, ids=[p.name for p in SPEC_FILES])
@@ -198,4 +240,4 @@ def test_the_shipped_specs_pass_the_same_checks(spec_file: Path, text: str) -> N
     spec_file.write_text(text)
     result = measured(lambda: load_spec(spec_file), text)
     assert isinstance(result, JobSpec)
-    assert_accepted_or_one_line_each(result, spec_file)
+    assert_accepted_or_one_line_each(result, spec_file, text)
