@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     results = verbs.add_parser("results", help="list a sweep's runs and print a leaderboard", description="URI is <storage.uri>/<spec name>")
     results.add_argument("uri", help="the sweep's folder: s3://bucket/prefix/NAME or a local folder")
     results.add_argument("--run", help="run id (default: the newest committed run)")
-    results.add_argument("--download-best", type=Path, metavar="DIR", help="download the best trial's checkpoint")
+    results.add_argument("--download-best", type=Path, metavar="DIR", help="download the best trial's checkpoint (verified against the manifest)")
+    results.add_argument("--verify", action="store_true", help="re-hash every file of the run against its manifest; exit 1 when any differs")
     results.add_argument("--trend", type=Path, nargs="?", const=Path("trend.png"), metavar="PNG", help="plot the best metric across runs")
     return parser
 
@@ -113,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     store = storage.Store(job.storage.uri, storage.StorageSettings.from_env(os.environ))
+    storage.move_env_keys_to_file(os.environ)  # else Ray copies the keys into every trial's logged runtime_env
     result = sweep.run_sweep(job, store, fresh=args.new)
     return EXIT_OK if all(t.status == "TERMINATED" for t in result.trials) else EXIT_FAILED
 
@@ -129,6 +131,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     root, name = storage.split_sweep_uri(args.uri)
     store = storage.Store(root, storage.StorageSettings.from_env(os.environ))
+    store.check(create=False)  # a dead endpoint: one line in seconds, before pyarrow's patient retries
     runs = store.runs(name)
     if not runs:
         raise SpecError([f"{args.uri}: no runs found. The URI is <storage.uri>/<spec name>"])
@@ -138,26 +141,36 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.trend:
         metric = committed[-1]["metric"] if committed else "test_acc"
         print(f"trend: {report.render_trend([(r['run_id'], r['best']) for r in committed], metric, args.trend)}")
-    run_id = args.run or (committed[-1]["run_id"] if committed else None)
+    run_id = args.run or store.latest(name) or (committed[-1]["run_id"] if committed else None)
     manifest = store.read_manifest(name, run_id) if run_id else None
     if manifest is None:
         raise SpecError([f"--run: no committed run (got {run_id}). An incomplete run has no manifest.json; pick one listed as committed"])
-    print(f"\nleaderboard of {run_id} (best first by {manifest['metric']}):")
-    trials = [{**t, **{f"best_{k}": v for k, v in t["best"].items()}} for t in manifest["trials"]]
+    print(f"\nleaderboard of {run_id} (best first by {manifest.metric}):")
+    trials = [{**t, **{f"best_{k}": v for k, v in t["best"].items()}} for t in manifest.to_dict()["trials"]]
     print(report.format_table(trials, ["trial_id", "variant", "params", "status", "epochs", "best_test_acc", "best_test_loss"]))
+    if args.verify and not _verified(store.verify_run(name, run_id, manifest), len(manifest.files)):
+        return EXIT_FAILED
     if args.download_best:
-        store.download(f"{name}/{run_id}/report/best", args.download_best)
-        print(f"best checkpoint ({manifest['best_trial']}) -> {args.download_best}; evaluate: sweep train --evaluate {args.download_best}")
+        store.download_verified(name, run_id, manifest, "report/best", args.download_best)
+        print(f"best checkpoint ({manifest.best_trial}) -> {args.download_best}; evaluate: sweep train --evaluate {args.download_best}")
     return EXIT_OK
 
 
-def _run_row(run: dict) -> dict:
-    manifest = run["manifest"] or {}
-    trials = manifest.get("trials", [])
-    metric = manifest.get("metric", "")
-    best = trials[0]["best"].get(metric, "") if trials else ""
-    return {"run_id": run["run_id"], "status": "committed" if run["committed"] else "incomplete",
-            "trials": len(trials) or "", "metric": metric, "best": best}
+def _verified(problems: list[str], files: int) -> bool:
+    """Print what `Store.verify_run` found: each bad file, then the count."""
+    for line in problems:
+        print(f"bad: {line}")
+    print(f"verified: {files - len(problems)} files ok" + (f", {len(problems)} bad: rerun the sweep or pick another --run" if problems else ""))
+    return not problems
+
+
+def _run_row(run: storage.RunInfo) -> dict:
+    manifest = run.manifest
+    if manifest is None:
+        return {"run_id": run.run_id, "status": run.status, "trials": "", "metric": "", "best": ""}
+    best = next((t.best.get(manifest.metric) for t in manifest.trials if t.trial_id == manifest.best_trial), None)
+    return {"run_id": run.run_id, "status": run.status, "trials": len(manifest.trials) or "", "metric": manifest.metric,
+            "best": "" if best is None else best}
 
 
 def _load(args: argparse.Namespace) -> JobSpec:

@@ -6,6 +6,8 @@ Metric names are defined here once. Must not import anything heavy (no torch, no
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ METRIC_MODES: dict[str, Literal["min", "max"]] = {
     TRAIN_LOSS: "min",
 }
 
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2  # 2: attempts (one per driver that ran the run), typed on read
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class TrialResult:
     epochs: list[EpochMetrics] = field(default_factory=list)
     node: str = ""  # the node the trial last ran on
     checkpoint: str = ""  # path of its best checkpoint in storage, if any
+    error: str = ""  # a failed trial's error in one line, and where its full log is
 
     def best(self, metric: str) -> float | None:
         values = [getattr(m, metric) for m in self.epochs]
@@ -82,12 +85,128 @@ class SweepResult:
         return METRIC_MODES[self.metric]
 
     def ranked(self) -> list[TrialResult]:
-        """Trials best first; trials with no metrics last."""
+        """Finished trials best first, then failed ones (whatever they scored), then trials with no metrics."""
         sign = -1.0 if self.mode == "max" else 1.0
-        scored = [t for t in self.trials if t.best(self.metric) is not None]
-        unscored = [t for t in self.trials if t.best(self.metric) is None]
-        return sorted(scored, key=lambda t: sign * t.best(self.metric)) + unscored  # type: ignore[operator]
+
+        def key(t: TrialResult) -> tuple[bool, bool, float]:
+            score = t.best(self.metric)
+            return (t.status != "TERMINATED", score is None, 0.0 if score is None else sign * score)
+
+        return sorted(self.trials, key=key)
 
     def best_trial(self) -> TrialResult | None:
+        """The best finished trial: a failed one never provides the run's best checkpoint."""
         ranked = self.ranked()
-        return ranked[0] if ranked and ranked[0].epochs else None
+        return ranked[0] if ranked and ranked[0].epochs and ranked[0].status == "TERMINATED" else None
+
+
+# --- the manifest: what a committed run vouches for -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One report file as committed; `path` is relative to the run folder, e.g. `report/best/model.pt`."""
+
+    path: str
+    size: int  # bytes
+    sha256: str
+
+    def mismatch(self, size: int | None, sha256: str) -> str | None:
+        """What differs between this entry and a file read back (`size` None: not there), or None."""
+        if size is None:
+            return "missing (got no file)"
+        if size != self.size:
+            return f"size differs from the manifest's {self.size} bytes (got {size})"
+        if sha256 != self.sha256:
+            return f"sha256 differs from the manifest's {self.sha256[:12]}... (got {sha256[:12]}...)"
+        return None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One driver's go at the run: a resumed run has several."""
+
+    started_at: str  # ISO 8601, UTC
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    trial_id: str
+    variant: str
+    params: dict[str, Any]
+    status: str
+    node: str
+    epochs: int
+    best: dict[str, float | None]  # best value of every metric in METRIC_MODES
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`report/manifest.json`, written last: the run is complete and every file in `files` is vouched for."""
+
+    name: str
+    run_id: str
+    metric: str
+    mode: str
+    spec: dict[str, Any]
+    versions: dict[str, str]
+    best_trial: str | None  # None: no trial finished with a result
+    trials: tuple[TrialSummary, ...]  # best first
+    attempts: tuple[Attempt, ...]
+    files: tuple[FileEntry, ...] = ()  # filled in by the commit
+    committed_at: str = ""
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+
+    @property
+    def wall_s(self) -> float:
+        return round(sum(a.wall_s for a in self.attempts), 2)
+
+    def entries(self, under: str) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files if f.path.startswith(under.rstrip("/") + "/")}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "wall_s": self.wall_s}  # wall_s kept for readers of schema 1
+
+    @classmethod
+    def from_dict(cls, row: Any) -> Manifest:
+        """Parsed JSON -> Manifest; ValueError names the first field that is missing or of the wrong type."""
+        if isinstance(row, dict) and "attempts" not in row and isinstance(row.get("wall_s"), (int, float)):
+            row = {**row, "attempts": [{"started_at": "", "wall_s": row["wall_s"]}]}  # schema 1: one total
+        manifest = _load(cls, row, "manifest")
+        if not 1 <= manifest.schema_version <= MANIFEST_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {manifest.schema_version} is not one this version reads (1..{MANIFEST_SCHEMA_VERSION})")
+        return manifest
+
+
+def _load(kind: Any, value: Any, where: str) -> Any:
+    """`value` (parsed JSON) as `kind`: a dataclass, tuple[X, ...], dict[str, X], X | None, or a plain type."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} is not an object")
+        hints, fields = typing.get_type_hints(kind), dataclasses.fields(kind)
+        for f in fields:
+            if f.name not in value and f.default is dataclasses.MISSING:
+                raise ValueError(f"{where}.{f.name} is missing")
+        return kind(**{f.name: _load(hints[f.name], value[f.name], f"{where}.{f.name}") for f in fields if f.name in value})
+    if origin is tuple:
+        return tuple(_load(args[0], item, f"{where}[{i}]") for i, item in enumerate(_checked(value, list, where)))
+    if origin is dict:
+        return {key: _load(args[1], item, f"{where}.{key}") for key, item in _checked(value, dict, where).items()}
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _load(next(a for a in args if a is not type(None)), value, where)
+    if kind is Any:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return _checked(value, kind, where)
+
+
+def _checked(value: Any, kind: type, where: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"{where} should be {kind.__name__} (got {type(value).__name__})")
+    return value

@@ -4,6 +4,7 @@ report upload, manifest commit, reading runs back. Must not import torch."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -13,19 +14,23 @@ import mimetypes
 import os
 import re
 import shutil
+import tempfile
+import socket
+import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Literal, Mapping, MutableMapping
 from urllib.parse import urlparse
 
 import boto3
 import botocore.config
 import botocore.exceptions
 import pyarrow.fs
-from pydantic import SecretStr
 
+from job.results import FileEntry, Manifest
 from job.spec import SpecError
 
 MANIFEST = "manifest.json"
@@ -33,68 +38,100 @@ LATEST = "latest.json"
 PARTIAL = ".partial"  # suffix of a local file still being written; never listed
 DEFAULT_REGION = "us-east-1"  # what boto3 and pyarrow assume when no region is set
 ATTEMPTS = 5  # pyarrow's AWS "standard" retry mode: backoff with jitter between tries
-PROBE_ATTEMPTS, PROBE_CONNECT_TIMEOUT_S = 2, 3.0  # check() must fail in seconds, not minutes, on a dead endpoint
+# pyarrow, for Ray and our uploads: the SDK's default 3 s without a byte (curl's low-speed limit on Linux)
+# fails slow but working storage; 60 s lets a large upload's final answer come. Dead endpoints are the probe's.
+CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S = 5.0, 60.0
+# The probe runs first and must name a dead, resetting or silent endpoint in ~12 s (2 tries x 6 s)
+# while answers that take 3-5 s still pass.
+PROBE_TRIES, PROBE_CONNECT_TIMEOUT_S, PROBE_READ_TIMEOUT_S = 2, 3.0, 6.0
+KEY_VARS = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+            "AWS_SESSION_TOKEN": "aws_session_token", "AWS_SECURITY_TOKEN": "aws_session_token"}  # what Ray Tune copies
+KEYS_PROFILE = "sweep-job"
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's naming rules, simplified
 
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """Endpoint, credentials and region for S3; secrets are `SecretStr`, so reprs show stars."""
+    """Where S3 is. No keys: they are resolved, never carried (boto3 and pyarrow each follow the AWS
+    chain: environment, shared credentials file or profile, instance or pod role), so this and the
+    filesystem built from it can be pickled, logged and shipped to Ray's workers."""
 
     endpoint_url: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: SecretStr | None = None
-    session_token: SecretStr | None = None  # temporary (STS) credentials only
     region: str = DEFAULT_REGION
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> StorageSettings:
         env = {k: v for k, v in environ.items() if k.startswith("AWS_") and v}  # empty counts as unset
-        secret, token = env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN")
         return cls(
             endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-            access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-            secret_access_key=SecretStr(secret) if secret else None,
-            session_token=SecretStr(token) if token else None,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
         )
 
 
-def _reveal(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value else None
+def move_env_keys_to_file(environ: MutableMapping[str, str]) -> Path | None:
+    """Move S3 keys from the environment into a private shared-credentials file; call before Ray starts.
+
+    Ray Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the session tokens from the driver's
+    environment into every trial's runtime_env, which Ray logs in plain text. Moved to a file, the keys
+    reach the local Ray (started with the driver's environment) only as AWS_SHARED_CREDENTIALS_FILE and
+    AWS_PROFILE, which boto3 and pyarrow's SDK both read; remote nodes resolve their own keys. The file
+    is 0600 in a fresh 0700 folder, in /dev/shm when there is one (memory: the key never reaches a disk,
+    as in the environment it came from) and never under Ray's temp dir, and is removed at exit (a
+    SIGKILL leaves it until reboot, readable only by this user). Returns the file, or None when the
+    environment holds no complete key pair (then nothing changes, and `check` names what is missing)."""
+    if not environ.get("AWS_ACCESS_KEY_ID") or not environ.get("AWS_SECRET_ACCESS_KEY"):
+        return None
+    keys = {name: environ.pop(name) for name in KEY_VARS if name in environ}
+    lines = [f"{KEY_VARS[name]} = {value}" for name, value in keys.items() if value and name != "AWS_SECURITY_TOKEN"]
+    if "AWS_SESSION_TOKEN" not in keys and keys.get("AWS_SECURITY_TOKEN"):  # the legacy name of the same token
+        lines.append(f"aws_session_token = {keys['AWS_SECURITY_TOKEN']}")
+    folder = Path(tempfile.mkdtemp(prefix="sweep-job-keys-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "credentials"
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write("\n".join([f"[{KEYS_PROFILE}]", *lines, ""]))
+    environ.update(AWS_SHARED_CREDENTIALS_FILE=str(path), AWS_PROFILE=KEYS_PROFILE)
+    return path
 
 
-def _probe_client(settings: StorageSettings) -> Any:
-    """boto3 for check(): a short connect timeout and few retries, so a dead endpoint fails in seconds."""
+def _probe_client(settings: StorageSettings, session: boto3.Session) -> Any:
+    """boto3 for check(): short timeouts and one retry, so a dead or silent endpoint fails in seconds."""
     style = {"s3": {"addressing_style": "path"}} if settings.endpoint_url else {}  # non-AWS: no per-bucket DNS
-    retries = {"mode": "standard", "max_attempts": PROBE_ATTEMPTS}
-    config = botocore.config.Config(retries=retries, connect_timeout=PROBE_CONNECT_TIMEOUT_S, **style)
-    return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config,
-                        aws_access_key_id=settings.access_key_id, aws_secret_access_key=_reveal(settings.secret_access_key),
-                        aws_session_token=_reveal(settings.session_token))
+    retries = {"mode": "standard", "total_max_attempts": PROBE_TRIES}  # botocore's "max_attempts" would count retries only
+    config = botocore.config.Config(retries=retries, connect_timeout=PROBE_CONNECT_TIMEOUT_S, read_timeout=PROBE_READ_TIMEOUT_S, **style)
+    return session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
 
 
 def _arrow_s3(settings: StorageSettings) -> pyarrow.fs.S3FileSystem:
-    """pyarrow ignores AWS_ENDPOINT_URL, so the filesystem is built from the same settings as boto3."""
-    kwargs: dict[str, Any] = {"region": settings.region, "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS)}
+    """pyarrow ignores AWS_ENDPOINT_URL, so the filesystem is built from the same settings as boto3; it
+    resolves keys itself on every node (a pickled S3FileSystem without explicit keys carries none)."""
+    kwargs: dict[str, Any] = {"region": settings.region, "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS),
+                              "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": REQUEST_TIMEOUT_S}
     if settings.endpoint_url:
         endpoint = urlparse(settings.endpoint_url)
         if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
             raise SpecError([f"AWS_ENDPOINT_URL: not an http(s) URL (got {settings.endpoint_url}). Use e.g. http://127.0.0.1:8333"])
         kwargs.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme)
-    if settings.access_key_id and settings.secret_access_key:  # else pyarrow follows the AWS chain (profile, role)
-        kwargs.update(access_key=settings.access_key_id, secret_key=_reveal(settings.secret_access_key),
-                      session_token=_reveal(settings.session_token))
     return pyarrow.fs.S3FileSystem(**kwargs)
 
 
-def _ensure_bucket(uri: str, bucket: str, settings: StorageSettings) -> None:
-    """Credentials present, endpoint answering, bucket there (created when missing), or one-line `SpecError`."""
-    keys = {"AWS_ACCESS_KEY_ID": settings.access_key_id, "AWS_SECRET_ACCESS_KEY": settings.secret_access_key}
-    if any(keys.values()) != all(keys.values()) or not any(keys.values()) and boto3.Session().get_credentials() is None:
-        unset = " and ".join(k for k, v in keys.items() if not v)
-        raise SpecError([f"{uri}: no S3 credentials (got {unset} unset). Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see .env.example)"])
-    probe, endpoint = _probe_client(settings), settings.endpoint_url or "AWS S3"
+def _check_credentials(uri: str, session: boto3.Session) -> None:
+    """Some credentials resolve (their values stay inside boto3), or one-line `SpecError` naming what is unset."""
+    try:
+        found = session.get_credentials()
+    except botocore.exceptions.PartialCredentialsError as err:  # e.g. AWS_ACCESS_KEY_ID without its secret
+        raise SpecError([f"{uri}: incomplete S3 credentials (got {err.kwargs['cred_var']} unset). "
+                         "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see .env.example)"]) from None
+    if found is None:
+        raise SpecError([f"{uri}: no S3 credentials (got AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unset, no profile or role). "
+                         "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see .env.example)"])
+
+
+def _ensure_bucket(uri: str, bucket: str, settings: StorageSettings, create: bool) -> None:
+    """Credentials present, endpoint answering, bucket there (created when missing and `create`), or one-line `SpecError`."""
+    session = boto3.Session()  # fresh, not boto3's cached default: it reads the environment as it is now
+    _check_credentials(uri, session)
+    probe, endpoint = _probe_client(settings, session), settings.endpoint_url or "AWS S3"
     where = {} if settings.region == DEFAULT_REGION else {"CreateBucketConfiguration": {"LocationConstraint": settings.region}}
     try:
         try:
@@ -102,14 +139,26 @@ def _ensure_bucket(uri: str, bucket: str, settings: StorageSettings) -> None:
         except botocore.exceptions.ClientError as err:
             if err.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
                 raise
+            if not create:
+                raise SpecError([f"{uri}: no such bucket (got {bucket} on {endpoint}). Check the URI: <storage.uri>/<spec name> of a sweep that ran"]) from None
             probe.create_bucket(Bucket=bucket, **where)
     except probe.exceptions.BucketAlreadyOwnedByYou:
         pass  # another job created it between our probe and now
     except botocore.exceptions.ClientError as err:
         raise SpecError([f"{uri}: S3 refused access ({err}) (got {endpoint}). Check the credentials and the bucket's permissions"]) from None
-    except botocore.exceptions.ConnectionError as err:
+    except botocore.exceptions.BotoCoreError as err:  # refused, reset, timed out, or not speaking S3: every one is the endpoint's
         raise SpecError([f"{uri}: cannot reach the S3 endpoint ({type(err).__name__}) (got {endpoint}). "
-                         "Start the S3 server or set AWS_ENDPOINT_URL to where it listens"]) from None
+                         "Start the S3 server or set AWS_ENDPOINT_URL to where it answers"]) from None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run in a listing: committed (its manifest read), incomplete (no manifest) or corrupt (and why)."""
+
+    run_id: str
+    status: Literal["committed", "incomplete", "corrupt"]
+    manifest: Manifest | None = None
+    problem: str = ""
 
 
 def _fs_errors(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -149,10 +198,13 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
 
-    def check(self) -> None:
-        """Fail fast, before any trial starts: credentials, endpoint, bucket (created when missing)."""
+    def check(self, create: bool = True) -> None:
+        """Fail fast, before any trial starts: credentials, endpoint, bucket (created when missing and
+        `create`; readers pass False and get a local folder unchecked, since they write nothing)."""
         if self.is_s3:
-            return _ensure_bucket(self.uri, self.bucket, self.settings)
+            return _ensure_bucket(self.uri, self.bucket, self.settings, create)
+        if not create:
+            return None
         self._write(".write-test", b"")
         self._delete([".write-test"])
 
@@ -170,17 +222,67 @@ class Store:
     def is_committed(self, name: str, run_id: str) -> bool:
         return self._read(f"{name}/{run_id}/report/{MANIFEST}") is not None
 
-    def read_manifest(self, name: str, run_id: str) -> dict[str, Any] | None:
-        data = self._read(f"{name}/{run_id}/report/{MANIFEST}")
-        return None if data is None else json.loads(data)
+    def read_manifest(self, name: str, run_id: str) -> Manifest | None:
+        """None for a run without one (incomplete); a damaged one is a one-line `SpecError` naming it."""
+        rel = f"{name}/{run_id}/report/{MANIFEST}"
+        data = self._read(rel)
+        return None if data is None else self._parse_manifest(rel, data)
 
-    def runs(self, name: str) -> list[dict[str, Any]]:
+    def latest(self, name: str) -> str | None:
+        """The run latest.json points at (the newest that finished with results); None when there is none."""
+        rel = f"{name}/{LATEST}"
+        data = self._read(rel)
+        fix = "Pick a run with --run; the next run with results rewrites it"
+        return None if data is None else _parse(_pointed_run_id, data, self.url(rel), fix)
+
+    def runs(self, name: str) -> list[RunInfo]:
         """One row per run, oldest first; a run without a manifest is incomplete and never read further."""
-        manifests = {run_id: self.read_manifest(name, run_id) for run_id in self.run_ids(name)}
-        return [{"run_id": run_id, "committed": m is not None, "manifest": m} for run_id, m in manifests.items()]
+        return [self._run_info(name, run_id) for run_id in self.run_ids(name)]
 
-    def commit_run(self, name: str, run_id: str, report_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Upload the report, then the manifest (last: it vouches for every file), then latest.json."""
+    def _run_info(self, name: str, run_id: str) -> RunInfo:
+        rel = f"{name}/{run_id}/report/{MANIFEST}"
+        data = self._read(rel)  # a storage failure is not a corrupt run: it propagates
+        if data is None:
+            return RunInfo(run_id, "incomplete")
+        try:
+            return RunInfo(run_id, "committed", self._parse_manifest(rel, data))
+        except SpecError as err:
+            return RunInfo(run_id, "corrupt", problem=err.problems[0])
+
+    def _parse_manifest(self, rel: str, data: bytes) -> Manifest:
+        return _parse(Manifest.from_dict, data, self.url(rel), "The run is corrupt or was cut short: rerun the sweep, or pick another --run")
+
+    def verify_run(self, name: str, run_id: str, manifest: Manifest) -> list[str]:
+        """Every file the manifest lists, read back and hashed: one line per file that is missing or differs."""
+        problems = []
+        for entry in manifest.files:
+            rel = f"{name}/{run_id}/{entry.path}"
+            if wrong := entry.mismatch(*self._digest(rel)):
+                problems.append(f"{self.url(rel)}: {wrong}")
+        return problems
+
+    def download_verified(self, name: str, run_id: str, manifest: Manifest, under: str, dest: Path) -> list[Path]:
+        """The run's folder `under` (e.g. report/best) into `dest`, every file checked against the manifest:
+        one that differs, is missing or is not listed is refused, and the files downloaded are removed."""
+        got = self.download(f"{name}/{run_id}/{under}", dest)
+        found = {f"{under}/{path.relative_to(dest).as_posix()}": path for path in got}
+        problems = []
+        for rel, entry in manifest.entries(under).items():
+            local = found.pop(rel, None)
+            if wrong := entry.mismatch(*(_digest_file(local) if local else (None, ""))):
+                problems.append(f"{self.url(f'{name}/{run_id}/{rel}')}: {wrong}")
+        problems += [f"{self.url(f'{name}/{run_id}/{rel}')}: not listed in the manifest (got {path.stat().st_size} bytes)"
+                     for rel, path in sorted(found.items())]
+        if problems:
+            for path in got:
+                path.unlink(missing_ok=True)
+            raise SpecError([f"{line}. Refused, and removed from {dest}: the run changed after it committed; rerun it or pick another --run"
+                             for line in problems])
+        return got
+
+    def commit_run(self, name: str, run_id: str, report_dir: Path, manifest: Manifest) -> Manifest:
+        """Upload the report, then the manifest (last: it vouches for every file), then latest.json, which
+        moves only for a run with results (`manifest.best_trial`): a run whose every trial failed keeps it."""
         report = f"{name}/{run_id}/report"
         files = {p.relative_to(report_dir).as_posix(): p for p in sorted(report_dir.rglob("*")) if p.is_file()}
         assert MANIFEST not in files, f"{report_dir} already holds a {MANIFEST}; commit_run writes it"
@@ -188,19 +290,23 @@ class Store:
         self._delete(sorted(set(self._files(report)) - {f"{report}/{rel}" for rel in files}))
         entries = []
         for rel, path in files.items():
-            entries.append({"path": f"report/{rel}", "size": path.stat().st_size, "sha256": _sha256(path)})
+            entries.append(FileEntry(f"report/{rel}", *_digest_file(path)))
             self._write(f"{report}/{rel}", path)
-        written = {**manifest, "files": entries, "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self._write(f"{report}/{MANIFEST}", json.dumps(written, indent=2).encode())
-        self._point_latest(name, run_id, written)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        written = replace(manifest, files=tuple(entries), committed_at=now)
+        self._write(f"{report}/{MANIFEST}", json.dumps(written.to_dict(), indent=2).encode())
+        if written.best_trial is not None:
+            self._point_latest(name, run_id, written)
         return written
 
-    def _point_latest(self, name: str, run_id: str, manifest: dict[str, Any]) -> None:
-        current = self._read(f"{name}/{LATEST}")
-        if current is not None and json.loads(current).get("run_id", "") > run_id:
-            return  # an older run finished late (a resume): latest keeps pointing at the newest
-        pointer = {"run_id": run_id, "manifest": f"{run_id}/report/{MANIFEST}", "committed_at": manifest["committed_at"],
-                   "metric": manifest.get("metric"), "best_trial": manifest.get("best_trial")}
+    def _point_latest(self, name: str, run_id: str, manifest: Manifest) -> None:
+        try:
+            if (self.latest(name) or "") > run_id:
+                return  # an older run finished late (a resume): latest keeps pointing at the newest
+        except SpecError:
+            pass  # a damaged pointer: ours to rewrite
+        pointer = {"run_id": run_id, "manifest": f"{run_id}/report/{MANIFEST}", "committed_at": manifest.committed_at,
+                   "metric": manifest.metric, "best_trial": manifest.best_trial}
         self._write(f"{name}/{LATEST}", json.dumps(pointer, indent=2).encode())
 
     @_fs_errors
@@ -221,6 +327,12 @@ class Store:
             raise SpecError([f"{self.url(rel)}: no such file (got nothing there). Check the path with 'sweep results'"])
         return data
 
+    def read_optional(self, rel: str) -> bytes | None:
+        return self._read(rel.strip("/"))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self._write(rel.strip("/"), data)
+
     def _path(self, rel: str) -> str:
         return f"{self.base}/{rel.strip('/')}".rstrip("/")
 
@@ -233,6 +345,13 @@ class Store:
         metadata = {"Content-Type": mimetypes.guess_type(path)[0] or "application/octet-stream"}  # so report.html opens in a browser
         with self.fs.open_output_stream(path, metadata=metadata) as out, _stream(data) as source:
             out.upload(source)
+
+    @_fs_errors
+    def _digest(self, rel: str) -> tuple[int | None, str]:
+        """(size, sha256) of the stored file, streamed; (None, "") when it is not there."""
+        with contextlib.suppress(FileNotFoundError), self.fs.open_input_stream(self._path(rel)) as source:
+            return _digest_stream(source, 8 << 20)  # each read is one ranged GET: few and large
+        return None, ""
 
     @_fs_errors
     def _read(self, rel: str) -> bytes | None:
@@ -290,9 +409,137 @@ def _stream(data: bytes | Path) -> BinaryIO:
     return data.open("rb") if isinstance(data, Path) else io.BytesIO(data)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _digest_file(path: Path) -> tuple[int, str]:
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return _digest_stream(handle)
+
+
+def _digest_stream(source: Any, block_size: int = 1 << 20) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: source.read(block_size), b""):
+        digest.update(block)
+        size += len(block)
+    return size, digest.hexdigest()
+
+
+def _parse(build: Callable[[Any], Any], data: bytes, where: str, fix: str) -> Any:
+    """JSON we wrote, read back: garbage, truncated, empty or of the wrong shape is one line naming the object."""
+    try:
+        return build(json.loads(data))
+    except json.JSONDecodeError as err:
+        problem = f"not JSON ({err.msg} at byte {err.pos})"
+    except ValueError as err:  # not UTF-8, or the wrong shape (`build` names the field)
+        problem = f"not valid ({' '.join(str(err).split())[:200]})"
+    raise SpecError([f"{where}: {problem} (got {len(data)} bytes). {fix}"])
+
+
+def _pointed_run_id(pointer: Any) -> str:
+    run_id = pointer.get("run_id") if isinstance(pointer, dict) else None
+    if not isinstance(run_id, str) or not run_id.strip(".") or "/" in run_id:
+        raise ValueError(f"run_id is not a run folder's name (got {run_id!r})")
+    return run_id
+
+
+def checkpoint_folders(filesystem: pyarrow.fs.FileSystem | None, trial_path: str, meta_name: str) -> list[tuple[str, dict[str, Any]]]:
+    """A trial's checkpoint folders with their JSON (`meta_name`), newest epoch first; unreadable ones are left out.
+
+    Ordered by the epoch each JSON records, not by folder name: after a resume Tune numbers its folders
+    from its last saved state, so a newer epoch can sit in a lower-numbered folder."""
+    filesystem = filesystem or pyarrow.fs.LocalFileSystem()
+    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
+    found = []
+    for info in infos:
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            with contextlib.suppress(OSError, ValueError), filesystem.open_input_stream(f"{info.path}/{meta_name}") as source:
+                meta = json.loads(source.read())
+                found.append((info.path, meta))
+    return sorted(found, key=lambda item: item[1].get("epoch", 0), reverse=True)
+
+
+def delete_folders(filesystem: pyarrow.fs.FileSystem | None, paths: list[str]) -> None:
+    filesystem = filesystem or pyarrow.fs.LocalFileSystem()
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_dir(path)
+
+
+LEASE = "lease.json"
+LEASE_TTL_S = 30.0  # a driver that stopped renewing this long ago is dead; it renews every third of it
+
+
+class RunLease:
+    """One driver writes a run: a JSON in the run's folder that its holder renews from a thread.
+
+    A second driver finds it held and refuses; a holder that died (same host and its process gone, or
+    silent for `LEASE_TTL_S`) is taken over, so a killed run is still resumed. The JSON also logs every
+    attempt's start and wall time, which the manifest reports. S3 has no compare-and-swap here, so two
+    drivers starting in the same second are told apart by reading the lease back after writing it."""
+
+    def __init__(self, store: Store, name: str, run_id: str) -> None:
+        self.store, self.rel, self.run_id = store, f"{name}/{run_id}/{LEASE}", run_id
+        self.owner = uuid.uuid4().hex
+        self.started = time.time()
+        self.attempts: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_until_stopped, name="run-lease", daemon=True)
+
+    def acquire(self) -> None:
+        """Take the lease (waiting out a holder that may be dead), or raise a one-line `SpecError`."""
+        held = self._read()
+        while held and self._alive(held):
+            seen = held.get("renewed_at")
+            time.sleep(min(LEASE_TTL_S / 3 + 1, max(0.5, held["renewed_at"] + LEASE_TTL_S - time.time())))
+            held = self._read()
+            if held and held.get("renewed_at") != seen and not held.get("released"):
+                raise SpecError([f"{self.store.url(self.rel)}: run {self.run_id} is being written by another driver "
+                                 f"(got {held.get('host')} pid {held.get('pid')}). Wait for it to finish, or pass --new for a separate run"])
+        self.attempts = [*(held or {}).get("attempts", []), {"started_at": _iso(self.started), "wall_s": 0.0}]
+        self._write()
+        time.sleep(1.0)  # a driver that wrote at the same moment shows up now
+        if (self._read() or {}).get("owner") != self.owner:
+            raise SpecError([f"{self.store.url(self.rel)}: another driver took run {self.run_id} at the same moment. "
+                             "Let it run, or pass --new for a separate run"])
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        self._write(released=True)
+
+    def _alive(self, held: dict[str, Any]) -> bool:
+        if held.get("released") or time.time() - held.get("renewed_at", 0) > LEASE_TTL_S:
+            return False
+        if held.get("host") == socket.gethostname():  # a restarted container has our host name and maybe our pid
+            return held.get("pid") != os.getpid() and _process_exists(held.get("pid", 0))
+        return True
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stop.wait(LEASE_TTL_S / 3):
+            with contextlib.suppress(SpecError):  # storage down for a while: the next renewal tries again
+                self._write()
+
+    def _write(self, released: bool = False) -> None:
+        now = time.time()
+        self.attempts[-1]["wall_s"] = round(now - self.started, 2)
+        lease = {"owner": self.owner, "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                 "renewed_at": now, "released": released, "attempts": self.attempts}
+        self.store.write_bytes(self.rel, json.dumps(lease, indent=2).encode())
+
+    def _read(self) -> dict[str, Any] | None:
+        data = self.store.read_optional(self.rel)
+        with contextlib.suppress(ValueError):
+            return json.loads(data) if data else None
+        return None
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")

@@ -1,13 +1,20 @@
-"""job.storage against a real S3-protocol server (moto, on loopback) and a local folder: the same layout."""
+"""job.storage against a real S3-protocol server (moto, on loopback) and a local folder: the same layout;
+keys resolved, never carried; and endpoints that refuse, reset or never answer, named in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import pickle
 import re
 import socket
+import stat
+import struct
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,9 +22,10 @@ import boto3
 import pyarrow.fs
 import pytest
 
-from job import storage
+from job import cli, storage
+from job.results import Attempt, Manifest, TrialSummary
 from job.spec import SpecError
-from job.storage import MANIFEST, Store, StorageSettings, split_sweep_uri
+from job.storage import MANIFEST, RunInfo, Store, StorageSettings, split_sweep_uri
 
 NAME, RUN, OLDER_RUN = "cifar10-mlp", "20260101T000000Z-beef", "20251231T000000Z-0001"
 REPORT_FILES = {
@@ -27,6 +35,14 @@ REPORT_FILES = {
     "best/trial.json": b'{"epoch": 3}',
     "report.html": b"<html></html>",
 }
+
+
+def _manifest(best_trial: str | None = "a_00000", run_id: str = RUN, **changes: Any) -> Manifest:
+    """What sweep._manifest hands to commit_run: no files yet."""
+    trial = TrialSummary("a_00000", "basic", {"optim.lr": 0.001}, "TERMINATED", "node-1", 3, {"test_acc": 41.5, "test_loss": 1.7}, "")
+    made = Manifest(name=NAME, run_id=run_id, metric="test_acc", mode="max", spec={"name": NAME}, versions={"python": "3.11"},
+                    best_trial=best_trial, trials=(trial,), attempts=(Attempt("2026-01-01T00:00:00+00:00", 12.5),))
+    return replace(made, **changes)
 
 
 def _closed_port() -> int:
@@ -85,14 +101,17 @@ def test_settings_endpoint_s3_variable_wins_and_region_falls_back() -> None:
     assert StorageSettings.from_env({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"}).region == "eu-west-1"
     assert StorageSettings.from_env({"AWS_DEFAULT_REGION": "us-west-2"}).region == "us-west-2"
     assert StorageSettings.from_env({}).region == "us-east-1"
-    assert StorageSettings.from_env({"AWS_ACCESS_KEY_ID": ""}).access_key_id is None  # empty means unset
+    assert StorageSettings.from_env({"AWS_REGION": ""}).region == "us-east-1"  # empty means unset
 
 
-def test_settings_never_show_the_secret() -> None:
-    settings = StorageSettings.from_env({"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_SESSION_TOKEN": "t0ken-value"})
-    assert settings.secret_access_key is not None and settings.secret_access_key.get_secret_value() == "s3cr3t-value"
-    for text in (repr(settings), str(settings), repr(Store("s3://bucket/p", settings))):
-        assert "s3cr3t-value" not in text and "t0ken-value" not in text
+def test_settings_and_the_filesystem_carry_no_key() -> None:
+    """Ray pickles the filesystem into tuner.pkl and its experiment state: keys are resolved on each node."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+           "AWS_SESSION_TOKEN": "t0ken-value"}
+    settings = StorageSettings.from_env(env)
+    store = Store("s3://bucket/p", settings)
+    for blob in (repr(settings).encode(), repr(store).encode(), pickle.dumps(settings), pickle.dumps(store.fs)):
+        assert not any(value.encode() in blob for value in ("id-value", "s3cr3t-value", "t0ken-value")), blob
 
 
 # --- check ----------------------------------------------------------------------------------------
@@ -108,17 +127,17 @@ def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 def test_check_without_credentials_names_the_variables(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _no_ambient_credentials(monkeypatch, tmp_path)
-    store = Store("s3://some-bucket/prefix", StorageSettings.from_env({"AWS_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"]}))
-    with pytest.raises(SpecError, match=r"^s3://some-bucket/prefix: no S3 credentials \(got AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unset\)") as err:
+    store = Store("s3://some-bucket/prefix", StorageSettings.from_env(os.environ))
+    with pytest.raises(SpecError, match=r"^s3://some-bucket/prefix: no S3 credentials \(got AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unset") as err:
         store.check()
     assert len(err.value.problems) == 1 and "\n" not in str(err.value)
 
 
 def test_check_with_only_a_key_id_names_the_missing_secret(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _no_ambient_credentials(monkeypatch, tmp_path)
-    settings = StorageSettings.from_env({"AWS_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": "id"})
-    with pytest.raises(SpecError, match=r"got AWS_SECRET_ACCESS_KEY unset\)"):
-        Store("s3://some-bucket/prefix", settings).check()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    with pytest.raises(SpecError, match=r"incomplete S3 credentials \(got AWS_SECRET_ACCESS_KEY unset\)"):
+        Store("s3://some-bucket/prefix", StorageSettings.from_env(os.environ)).check()
 
 
 def test_check_fails_fast_on_an_unreachable_endpoint(s3_env: dict[str, str]) -> None:
@@ -166,12 +185,13 @@ def test_commit_uploads_every_file_then_the_manifest_then_latest(backend: Any, t
     order: list[str] = []
     write = store._write
     monkeypatch.setattr(store, "_write", lambda rel, data: (order.append(rel), write(rel, data)))
-    written = store.commit_run(NAME, RUN, _report_dir(tmp_path), {"metric": "test_acc", "best_trial": "a_00000"})
+    written = store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
 
     assert order[-2:] == [f"{NAME}/{RUN}/report/{MANIFEST}", f"{NAME}/latest.json"]
     assert sorted(order[:-2]) == sorted(f"{NAME}/{RUN}/report/{rel}" for rel in REPORT_FILES)
     manifest = json.loads(raw_get(f"{NAME}/{RUN}/report/{MANIFEST}"))
-    assert manifest == written and manifest["metric"] == "test_acc" and manifest["committed_at"]
+    assert manifest == json.loads(json.dumps(written.to_dict())) and manifest["metric"] == "test_acc" and manifest["committed_at"]
+    assert manifest["schema_version"] == 2 and manifest["wall_s"] == 12.5 and manifest["attempts"][0]["wall_s"] == 12.5
     assert sorted(f["path"] for f in manifest["files"]) == sorted(f"report/{rel}" for rel in REPORT_FILES)
     for entry in manifest["files"]:
         data = raw_get(f"{NAME}/{RUN}/{entry['path']}")
@@ -179,7 +199,8 @@ def test_commit_uploads_every_file_then_the_manifest_then_latest(backend: Any, t
         assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
     latest = json.loads(raw_get(f"{NAME}/latest.json"))
     assert latest["run_id"] == RUN and latest["manifest"] == f"{RUN}/report/{MANIFEST}"
-    assert store.runs(NAME) == [{"run_id": RUN, "committed": True, "manifest": manifest}]
+    assert store.runs(NAME) == [RunInfo(RUN, "committed", written)] and store.read_manifest(NAME, RUN) == written
+    assert store.latest(NAME) == RUN
 
 
 def test_a_crash_before_the_manifest_leaves_the_run_uncommitted(backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,11 +214,11 @@ def test_a_crash_before_the_manifest_leaves_the_run_uncommitted(backend: Any, tm
 
     monkeypatch.setattr(store, "_write", dies_on_third_file)
     with pytest.raises(KeyboardInterrupt):
-        store.commit_run(NAME, RUN, _report_dir(tmp_path), {"metric": "test_acc"})
+        store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
     assert raw_get(f"{NAME}/{RUN}/report/leaderboard.csv") is not None  # some files did land
     assert not store.is_committed(NAME, RUN) and store.read_manifest(NAME, RUN) is None
-    assert store.runs(NAME) == [{"run_id": RUN, "committed": False, "manifest": None}]
-    assert raw_get(f"{NAME}/latest.json") is None
+    assert store.runs(NAME) == [RunInfo(RUN, "incomplete")]
+    assert raw_get(f"{NAME}/latest.json") is None and store.latest(NAME) is None
 
 
 def test_report_files_without_a_manifest_are_an_incomplete_run(backend: Any) -> None:
@@ -205,32 +226,45 @@ def test_report_files_without_a_manifest_are_an_incomplete_run(backend: Any) -> 
     raw_put(f"{NAME}/{RUN}/report/leaderboard.csv", b"rank\n1\n")
     raw_put(f"{NAME}/{RUN}/tune/experiment_state.json", b"{}")
     assert store.run_ids(NAME) == [RUN]
-    assert store.runs(NAME) == [{"run_id": RUN, "committed": False, "manifest": None}]
+    assert store.runs(NAME) == [RunInfo(RUN, "incomplete")]
 
 
 def test_recommit_replaces_the_report_and_drops_stale_files(backend: Any, tmp_path: Path) -> None:
     store, raw_get, _ = backend
-    store.commit_run(NAME, RUN, _report_dir(tmp_path / "first"), {"attempt": 1})
+    store.commit_run(NAME, RUN, _report_dir(tmp_path / "first"), _manifest())
     second = {"leaderboard.csv": b"rank,trial_id\n1,b\n", "curves/b_00001.png": b"\x89PNG other"}
-    manifest = store.commit_run(NAME, RUN, _report_dir(tmp_path / "second", second), {"attempt": 2})
-    assert [f["path"] for f in manifest["files"]] == ["report/curves/b_00001.png", "report/leaderboard.csv"]
+    resumed = (Attempt("2026-01-01T00:00:00+00:00", 12.5), Attempt("2026-01-01T01:00:00+00:00", 30.0))
+    manifest = store.commit_run(NAME, RUN, _report_dir(tmp_path / "second", second), _manifest(attempts=resumed))
+    assert [f.path for f in manifest.files] == ["report/curves/b_00001.png", "report/leaderboard.csv"]
     assert raw_get(f"{NAME}/{RUN}/report/curves/a_00000.png") is None
     assert raw_get(f"{NAME}/{RUN}/report/leaderboard.csv") == second["leaderboard.csv"]
-    assert store.read_manifest(NAME, RUN)["attempt"] == 2
+    assert store.read_manifest(NAME, RUN).attempts == resumed and store.read_manifest(NAME, RUN).wall_s == 42.5
 
 
 def test_latest_keeps_pointing_at_the_newest_run(backend: Any, tmp_path: Path) -> None:
     store, raw_get, _ = backend
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), {})
-    store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), {})  # an older run resumed and finished late
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
+    store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))  # an older run resumed and finished late
     assert json.loads(raw_get(f"{NAME}/latest.json"))["run_id"] == RUN
     assert store.run_ids(NAME) == [OLDER_RUN, RUN]
-    assert [r["committed"] for r in store.runs(NAME)] == [True, True]
+    assert [r.status for r in store.runs(NAME)] == ["committed", "committed"]
+
+
+def test_a_run_without_results_commits_but_leaves_latest_alone(backend: Any, tmp_path: Path) -> None:
+    """latest.json points at the newest run that finished with results: a newer run whose every trial failed does not move it."""
+    store, raw_get, raw_put = backend
+    store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))
+    failed = store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest(best_trial=None))
+    assert failed.best_trial is None and store.is_committed(NAME, RUN)
+    assert json.loads(raw_get(f"{NAME}/latest.json"))["run_id"] == OLDER_RUN == store.latest(NAME)
+    raw_put(f"{NAME}/latest.json", b'{"run_id": ')  # damaged: the next run with results rewrites it
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
+    assert store.latest(NAME) == RUN
 
 
 def test_download_a_folder_and_a_file_and_read_bytes(backend: Any, tmp_path: Path) -> None:
     store, _, _ = backend
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), {})
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
     got = store.download(f"{NAME}/{RUN}/report/best", tmp_path / "best")
     assert got == [tmp_path / "best" / "trial.json"] and got[0].read_bytes() == REPORT_FILES["best/trial.json"]
     everything = store.download(f"{NAME}/{RUN}", tmp_path / "run")
@@ -248,7 +282,7 @@ def test_download_a_folder_and_a_file_and_read_bytes(backend: Any, tmp_path: Pat
 def test_s3_objects_carry_a_content_type_so_the_report_opens_in_a_browser(s3_env: dict[str, str], bucket_uri: str, tmp_path: Path) -> None:
     store = Store(bucket_uri, StorageSettings.from_env(s3_env))
     store.check()
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), {})
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
     client, bucket = _s3_client(s3_env), bucket_uri.split("/")[2]
     types = {rel: client.head_object(Bucket=bucket, Key=f"prefix/{NAME}/{RUN}/report/{rel}")["ContentType"]
              for rel in ("report.html", "leaderboard.csv", "curves/a_00000.png", MANIFEST)}
@@ -289,7 +323,7 @@ def test_tune_location_on_a_relative_local_folder_is_absolute(tmp_path: Path, mo
 
 def test_local_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(str(tmp_path / "store"), StorageSettings())
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), {})
+    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
     assert not [p for p in (tmp_path / "store").rglob("*") if p.name.endswith(storage.PARTIAL)]
 
     def rename_fails(src: Any, dst: Any) -> None:
@@ -297,7 +331,7 @@ def test_local_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(storage.os, "replace", rename_fails)
     with pytest.raises(SpecError, match=r"storage failed \(\[Errno 28\] No space left on device\)"):
-        store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), {})
+        store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))
     assert not (tmp_path / "store" / NAME / OLDER_RUN / "report" / "best" / "trial.json").exists()
     assert not [p for p in (tmp_path / "store").rglob("*") if p.name.endswith(storage.PARTIAL)]
 
@@ -365,3 +399,141 @@ def test_ray_tune_writes_its_experiment_folder_into_the_run_folder(s3_env: dict[
     assert sum(f.endswith("/result.json") for f in files) == 2
     assert store.run_ids(NAME) == [RUN] and not store.is_committed(NAME, RUN)
     assert tune.Tuner.can_restore(f"{path}/tune", storage_filesystem=fs)
+
+
+# --- keys moved out of the environment ------------------------------------------------------------
+
+
+class _Endpoint:
+    """A TCP server on loopback that the test controls, on a thread: `behave(conn)` gets each connection."""
+
+    def __init__(self, behave: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.behave, self.held = behave, []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            threading.Thread(target=self.behave, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        for conn in [self.sock, *self.held]:
+            conn.close()
+
+
+def _black_hole(conn: socket.socket) -> None:
+    """Accepts and never answers (a wedged server, a firewall that swallows replies)."""
+
+
+def _resetter(conn: socket.socket) -> None:
+    """Accepts, then closes with RST (SO_LINGER 0): a proxy or load balancer with nothing behind it."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+class _SlowProxy(_Endpoint):
+    """Forwards to the S3 server, holding back each response `delay_s`; records what clients sent."""
+
+    def __init__(self, upstream: str, delay_s: float) -> None:
+        self.upstream, self.delay_s, self.sent = upstream.removeprefix("http://"), delay_s, bytearray()
+        super().__init__(self._forward)
+
+    def _forward(self, conn: socket.socket) -> None:
+        host, port = self.upstream.split(":")
+        upstream = socket.create_connection((host, int(port)))
+        answered = threading.Event()  # cleared by each request, set once its response starts
+        threading.Thread(target=self._pump, args=(upstream, conn, answered, True), daemon=True).start()
+        self._pump(conn, upstream, answered, False)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, answered: threading.Event, is_response: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                if is_response and not answered.is_set():
+                    time.sleep(self.delay_s)
+                    answered.set()
+                elif not is_response:
+                    self.sent += data
+                    answered.clear()
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_keys_move_from_the_environment_to_a_private_file(tmp_path: Path) -> None:
+    environ = {"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_SESSION_TOKEN": "t0ken-value",
+               "AWS_SECURITY_TOKEN": "t0ken-value", "AWS_PROFILE": "someone-else", "AWS_REGION": "eu-west-1"}
+    path = storage.move_env_keys_to_file(environ)
+    assert path is not None and environ == {"AWS_REGION": "eu-west-1", "AWS_SHARED_CREDENTIALS_FILE": str(path), "AWS_PROFILE": "sweep-job"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert path.read_text() == "[sweep-job]\naws_access_key_id = id-value\naws_secret_access_key = s3cr3t-value\naws_session_token = t0ken-value\n"
+    assert storage.move_env_keys_to_file(environ) is None  # a second call finds nothing to move
+    half = {"AWS_ACCESS_KEY_ID": "id-value"}
+    assert storage.move_env_keys_to_file(half) is None and half == {"AWS_ACCESS_KEY_ID": "id-value"}  # check() names the missing secret
+
+
+def test_boto3_and_pyarrow_sign_with_the_moved_keys(s3_env: dict[str, str], bucket_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """pyarrow's C++ SDK and boto3 both read AWS_SHARED_CREDENTIALS_FILE and AWS_PROFILE: a proxy sees the key id in every signature."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "MOVEDKEYID123")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    environ = dict(os.environ)
+    storage.move_env_keys_to_file(environ)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", environ["AWS_SHARED_CREDENTIALS_FILE"])
+    monkeypatch.setenv("AWS_PROFILE", environ["AWS_PROFILE"])
+    proxy = _SlowProxy(s3_env["AWS_ENDPOINT_URL"], 0.0)
+    try:
+        store = Store(bucket_uri, StorageSettings(endpoint_url=proxy.url))
+        store.check()  # boto3
+        store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())  # pyarrow
+        assert store.read_manifest(NAME, RUN) is not None
+        signed = re.findall(rb"Credential=([^/]*)/", bytes(proxy.sent))
+        assert len(signed) > len(REPORT_FILES) and set(signed) == {b"MOVEDKEYID123"}
+        assert b"User-Agent: Boto3" in proxy.sent and b"aws-sdk-cpp" in proxy.sent.lower()
+    finally:
+        proxy.close()
+
+
+# --- endpoints that refuse, reset, never answer, or answer slowly ---------------------------------
+
+
+@pytest.mark.parametrize("behave", [_black_hole, _resetter], ids=["black-hole", "resetter"])
+def test_a_bad_endpoint_is_one_line_in_seconds(behave: Callable[[socket.socket], None], s3_env: dict[str, str],
+                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    endpoint = _Endpoint(behave)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint.url)
+    try:
+        started = time.monotonic()
+        code = cli.main(["results", "s3://some-bucket/prefix/cifar10-mlp"])
+        elapsed = time.monotonic() - started
+    finally:
+        endpoint.close()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: s3://some-bucket/prefix: cannot reach the S3 endpoint"), err
+    assert f"(got {endpoint.url})" in err and "Traceback" not in err
+    assert elapsed < 30, elapsed  # not botocore's default 60 s read timeout x 5 tries
+
+
+@pytest.mark.slow
+def test_slow_but_working_storage_succeeds(s3_env: dict[str, str], bucket_uri: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer 3.5 s late (pyarrow's default would give up after 3 s without a byte) still passes: the
+    probe, a commit with a multipart upload, and reading the run back. About 20 requests: a minute."""
+    proxy = _SlowProxy(s3_env["AWS_ENDPOINT_URL"], 3.5)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        store = Store(bucket_uri, StorageSettings.from_env(os.environ))
+        store.check()
+        store.commit_run(NAME, RUN, _report_dir(tmp_path, {"best/model.pt": os.urandom(11 << 20)}), _manifest())  # > one 10 MiB part
+        assert cli.main(["results", f"{bucket_uri}/{NAME}", "--verify"]) == 0
+    finally:
+        proxy.close()
+    requests = bytes(proxy.sent).count(b" HTTP/1.1\r\n")
+    assert requests >= 10, requests  # each one waited 3.5 s
+    assert "verified: 1 files ok" in capsys.readouterr().out
