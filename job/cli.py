@@ -113,8 +113,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Tune's own banner and tables would drown the sweep's one-line progress; its legacy reporter at
     # verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Else Ray copies the keys into every trial's logged runtime_env. Before the Store: a filesystem built
+    # while the keys were in the environment loses them when they leave it.
+    storage.move_env_keys_to_file(os.environ)
     store = storage.Store(job.storage.uri, storage.StorageSettings.from_env(os.environ))
-    storage.move_env_keys_to_file(os.environ)  # else Ray copies the keys into every trial's logged runtime_env
     result = sweep.run_sweep(job, store, fresh=args.new)
     return EXIT_OK if all(t.status == "TERMINATED" for t in result.trials) else EXIT_FAILED
 
