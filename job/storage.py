@@ -14,8 +14,8 @@ import mimetypes
 import os
 import re
 import shutil
-import tempfile
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -44,8 +44,7 @@ CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S = 5.0, 60.0
 # The probe runs first and must name a dead, resetting or silent endpoint in ~12 s (2 tries x 6 s)
 # while answers that take 3-5 s still pass.
 PROBE_TRIES, PROBE_CONNECT_TIMEOUT_S, PROBE_READ_TIMEOUT_S = 2, 3.0, 6.0
-KEY_VARS = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
-            "AWS_SESSION_TOKEN": "aws_session_token", "AWS_SECURITY_TOKEN": "aws_session_token"}  # what Ray Tune copies
+KEY_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")  # what Ray Tune copies
 KEYS_PROFILE = "sweep-job"
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's naming rules, simplified
 
@@ -69,7 +68,9 @@ class StorageSettings:
 
 
 def move_env_keys_to_file(environ: MutableMapping[str, str]) -> Path | None:
-    """Move S3 keys from the environment into a private shared-credentials file; call before Ray starts.
+    """Move S3 keys from the environment into a private shared-credentials file. Call it before Ray
+    starts and before any Store is built: the SDK behind pyarrow fixes the profile it reads when a
+    filesystem is built, so one built earlier would find neither the keys nor the file.
 
     Ray Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the session tokens from the driver's
     environment into every trial's runtime_env, which Ray logs in plain text. Moved to a file, the keys
@@ -82,9 +83,9 @@ def move_env_keys_to_file(environ: MutableMapping[str, str]) -> Path | None:
     if not environ.get("AWS_ACCESS_KEY_ID") or not environ.get("AWS_SECRET_ACCESS_KEY"):
         return None
     keys = {name: environ.pop(name) for name in KEY_VARS if name in environ}
-    lines = [f"{KEY_VARS[name]} = {value}" for name, value in keys.items() if value and name != "AWS_SECURITY_TOKEN"]
-    if "AWS_SESSION_TOKEN" not in keys and keys.get("AWS_SECURITY_TOKEN"):  # the legacy name of the same token
-        lines.append(f"aws_session_token = {keys['AWS_SECURITY_TOKEN']}")
+    token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")  # the same token under its legacy name
+    lines = [f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}", f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}",
+             *([f"aws_session_token = {token}"] if token else [])]
     folder = Path(tempfile.mkdtemp(prefix="sweep-job-keys-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = folder / "credentials"

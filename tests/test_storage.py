@@ -473,6 +473,8 @@ def test_keys_move_from_the_environment_to_a_private_file(tmp_path: Path) -> Non
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert path.read_text() == "[sweep-job]\naws_access_key_id = id-value\naws_secret_access_key = s3cr3t-value\naws_session_token = t0ken-value\n"
     assert storage.move_env_keys_to_file(environ) is None  # a second call finds nothing to move
+    legacy = {"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_SECURITY_TOKEN": "old-t0ken"}
+    assert storage.move_env_keys_to_file(legacy).read_text().endswith("aws_session_token = old-t0ken\n") and "AWS_SECURITY_TOKEN" not in legacy
     half = {"AWS_ACCESS_KEY_ID": "id-value"}
     assert storage.move_env_keys_to_file(half) is None and half == {"AWS_ACCESS_KEY_ID": "id-value"}  # check() names the missing secret
 
