@@ -33,7 +33,7 @@ FROM ${PYTHON_IMAGE:-$PYTHON_IMAGE_DEFAULT}
 # Ray's own start scripts use bash; an image without them crash-loops (kuberay issues 2063, 3837).
 # openssh-client and rsync: the cluster launcher's autoscaler (deploy/aws) reaches workers with them.
 # gcc and libc6-dev: Triton, behind torch.compile on CUDA (optim.compile), builds its launcher with them.
-# tini: PID 1 under `docker run` and Kubernetes too (not only Compose's `init: true`), see ENTRYPOINT.
+# tini: PID 1 of the container under Compose, `docker run` and Kubernetes alike (see ENTRYPOINT).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends bash wget ca-certificates openssh-client rsync gcc libc6-dev tini \
  && rm -rf /var/lib/apt/lists/*
