@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from job.results import METRIC_MODES
-from job.spec import JobSpec, SpecError, TrialSpec, json_schema, load_spec, resolve_trial
+from job.spec import JobSpec, SpecError, TrialSpec, UserError, json_schema, load_spec, resolve_trial
 
 EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
 
@@ -51,15 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The AWS SDKs' newer default sends uploads aws-chunked with a trailing checksum, which S3-compatible
+    # stores may keep as the object's bytes (moto does, when keys come from a credentials file): checksums
+    # only where S3 requires them. Set here, before Ray starts, so the local Ray's workers inherit it.
+    os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
     try:
         return VERBS[args.verb](args)
-    except SpecError as err:
+    except UserError as err:
         for line in err.problems:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -113,12 +119,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Tune's own banner and tables would drown the sweep's one-line progress; its legacy reporter at
     # verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # SIGINT, like SIGTERM, goes to the sweep's own handler, which stops Tune through SIGUSR1.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Else Ray copies the keys into every trial's logged runtime_env. Before the Store: a filesystem built
     # while the keys were in the environment loses them when they leave it.
     storage.move_env_keys_to_file(os.environ)
     store = storage.Store(job.storage.uri, storage.StorageSettings.from_env(os.environ))
-    result = sweep.run_sweep(job, store, fresh=args.new)
-    return EXIT_OK if all(t.status == "TERMINATED" for t in result.trials) else EXIT_FAILED
+    try:
+        result = sweep.run_sweep(job, store, fresh=args.new, joins_cluster=bool(os.environ.get("RAY_ADDRESS")))
+    except sweep.Interrupted as stop:
+        print(f"interrupted: run {stop.run_id} saved; rerun the same command to resume", flush=True)
+        return 128 + stop.signum
+    failed = [t for t in result.trials if t.status != "TERMINATED"]
+    if failed and len(failed) == len(result.trials):
+        print(f"error: all {len(failed)} trials failed; the first: {failed[0].error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
