@@ -92,6 +92,12 @@ RUN pip install --no-deps --no-build-isolation . \
  && rm -rf build ./*.egg-info \
  && python -c "import job"
 
+# Login shells reset PATH in Debian's /etc/profile, dropping the virtualenv: KubeRay starts Ray pods
+# with `bash -lc 'ray start ...'` and the cluster launcher runs `bash --login -c -i`, so without this
+# neither finds `ray`. profile.d puts it back for every login shell.
+RUN mkdir -p /etc/profile.d \
+ && printf 'export PATH="%s/bin:$PATH"\n' "$VIRTUAL_ENV" > /etc/profile.d/sweep-job-venv.sh
+
 USER sweep
 ENV HOME=/home/sweep
 # The dataset cache (data.root defaults to ~/.cache/sweep-job) is a plain folder owned by sweep, so

@@ -275,6 +275,15 @@ else
   FAILS+=("the job's PID 1 is $JOB_PID1; expected tini running sweep")
 fi
 
+# KubeRay's Ray pods replace the entrypoint with `bash -lc 'ulimit ...; ray start ...'` and probe with
+# wget; the cluster launcher runs `bash --login`. A login shell must find ray (Debian's /etc/profile
+# resets PATH) and the tools.
+if KUBERAY=$(docker run --rm --entrypoint /bin/bash "$JOB_IMAGE" -lc -- 'ray --version && command -v wget bash ssh rsync' 2>&1); then
+  echo "ok: a login shell, as KubeRay and the launcher start it, finds $(head -n 1 <<<"$KUBERAY") and wget, ssh, rsync"
+else
+  FAILS+=("bash -lc in the image: $(tr '\n' ' ' <<<"$KUBERAY")")
+fi
+
 NET=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$JOB_CID" | awk '{print $1}')
 # The checker runs in the job image (boto3, PyYAML) on the compose network; the keys go in through
 # the environment, not argv. It also reads every object and fails on one holding either key.

@@ -48,6 +48,13 @@ def test_image_runs_sweep_as_uid_1000_with_bash_and_wget() -> None:
     assert " bash " in apt and " wget " in apt, apt
 
 
+def test_login_shells_find_the_virtualenv() -> None:
+    """KubeRay runs `bash -lc 'ray start ...'`; Debian's /etc/profile resets PATH for login shells."""
+    lines = dockerfile()
+    run = lines[index_of(lines, r"/etc/profile\.d/")]
+    assert 'export PATH="%s/bin:$PATH"' in run and '"$VIRTUAL_ENV"' in run, run
+
+
 def test_sweep_runs_under_tini_which_signals_the_driver_alone() -> None:
     lines = dockerfile()
     assert " tini " in lines[index_of(lines, r"apt-get install")] + " "
