@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 
 from job.results import METRIC_MODES
 
+MAX_TRIALS = 10_000  # a sweep beyond this is a typo in a grid, not a plan: Tune would queue it for days
 MAX_SPEC_BYTES = 1_000_000  # a spec is a page of YAML; anything this large is a mistake
 # A spec is about five levels deep and a hundred values; these bounds are far above any real spec
 # and far below what costs noticeable time or memory (a spec at the bounds loads in under a second, in ~10 MB).
@@ -240,6 +241,9 @@ class JobSpec(Strict):
                     f"{_dotted(['search', 'space', path])}: variant '{without[0]}' ({self.variants[without[0]].kind}) has no such field "
                     f"(got {path}). Search model fields only when every variant has them"
                 )
+        if self.trial_count() > MAX_TRIALS:
+            raise ValueError(f"search: the spec defines {self.trial_count():,} trials (got variants x grids x samples). "
+                             f"Keep it under {MAX_TRIALS:,}: fewer grid values, variants or samples")
         return self
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 import time
 import tracemalloc
@@ -495,3 +496,13 @@ def test_validate_shortens_a_large_grid(tmp_path: Path, capsys: pytest.CaptureFi
     out, _ = capsys.readouterr()
     assert "trials: 5000" in out and max(map(len, out.splitlines())) < 250
     assert r"storage: '\x1b[2Jr'" in out and "\x1b" not in out
+
+
+def test_a_spec_with_too_many_trials_is_refused(tmp_path: Path) -> None:
+    grids = {f"optim.{field}": {"grid": list(range(2, 103))} for field in ("batch_size", "epochs")}  # 101 x 101
+    spec = tmp_path / "many.yaml"
+    spec.write_text(json.dumps({"name": "many", "variants": {"a": {"hidden": 8}}, "search": {"space": grids}}))  # JSON is YAML
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    (line,) = caught.value.problems
+    assert line.startswith("search: the spec defines 10,201 trials") and "under 10,000" in line
