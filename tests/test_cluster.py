@@ -48,6 +48,7 @@ class Cluster:
     head_group: int
     worker_group: int
     log: Path
+    root: Path  # both nodes' Ray temp dirs: session folders, logs, runtime envs
 
 
 def _ray_start(args: list[str], env: dict[str, str], log: Path) -> int:
@@ -142,7 +143,7 @@ def cluster(s3_server: str) -> Iterator[Cluster]:
             f"--address=127.0.0.1:{port}", f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={root / 'node2'}", *common,
         ], nodes, log)
         groups.add(worker)
-        found = Cluster(f"http://127.0.0.1:{dashboard}", clients, head, worker, log)
+        found = Cluster(f"http://127.0.0.1:{dashboard}", clients, head, worker, log, root)
         deadline = time.monotonic() + START_TIMEOUT_S
         while _alive_nodes(found) < 2:
             assert time.monotonic() < deadline, "the second node never joined"
@@ -162,8 +163,8 @@ def _submit(cluster: Cluster, overrides: list[str]) -> subprocess.Popen[str]:
 def _manifest(bucket_uri: str, name: str = "smoke") -> dict:
     store = Store(bucket_uri, StorageSettings.from_env(os.environ))
     runs = store.runs(name)
-    assert len(runs) == 1 and runs[0]["committed"], runs
-    return runs[0]["manifest"]
+    assert len(runs) == 1 and runs[0].status == "committed", runs
+    return runs[0].manifest.to_dict()
 
 
 def _reports_per_trial(bucket_uri: str) -> dict[str, list[tuple[int, str]]]:
@@ -192,6 +193,22 @@ def test_submit_runs_the_sweep_across_both_nodes(cluster: Cluster, bucket_uri: s
     per_node = Counter(names.get(t["node"], t["node"]) for t in trials)
     print(f"trials per node: {dict(per_node)}")
     assert set(per_node) == {"head", "node2"}, f"trials did not spread over both nodes: {per_node}"
+    secret = TEST_ENV["AWS_SECRET_ACCESS_KEY"].encode()
+    assert secret not in output.encode()
+    bucket, _, prefix = bucket_uri.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])]
+    assert len(keys) > 20 and not [k for k in keys if secret in s3.get_object(Bucket=bucket, Key=k)["Body"].read()]
+    files = [p for p in cluster.root.rglob("*") if p.is_file() and not p.is_symlink() and not p.name.endswith(".sock")]
+    leaked = [str(p) for p in files if secret in _read_quietly(p)]
+    assert len(files) > 50 and not leaked, f"the S3 secret is in {leaked}"
+
+
+def _read_quietly(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # a socket or a file a node removed meanwhile
+        return b""
 
 
 def test_submitted_job_carries_the_spec_and_no_secrets(cluster: Cluster, bucket_uri: str) -> None:
