@@ -132,7 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 128 + stop.signum
     failed = [t for t in result.trials if t.status != "TERMINATED"]
     if failed and len(failed) == len(result.trials):
-        print(f"error: all {len(failed)} trials failed; the first: {failed[0].error}", file=sys.stderr)
+        print(f"error: all {len(failed)} trials failed; the first: {failed[0].error}. "
+              "Fix the cause and rerun the same command: the trials resume from their last checkpoints", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 

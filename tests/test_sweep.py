@@ -248,7 +248,7 @@ def test_a_sweep_whose_every_trial_fails_says_so_in_one_line_and_commits_nothing
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "all 1 trials failed" in errors[0], done.stderr[-2000:]
-    assert "(full log: s3://" in errors[0] and errors[0].endswith("/error.txt)")
+    assert "(full log: s3://" in errors[0] and "/error.txt). Fix the cause and rerun the same command" in errors[0]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]  # the trace is in error.txt
     assert "FAILED " in done.stdout
     keys = Bucket(uri, s3_server).keys()
