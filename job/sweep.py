@@ -11,7 +11,6 @@ import platform
 import secrets
 import signal
 import tempfile
-import time
 from importlib.metadata import version
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from job import data, report, storage, train
+from job import data, lease, report, storage, train
 from job.results import EPOCH, METRIC_MODES, Attempt, EpochMetrics, Manifest, SweepResult, TrialResult, TrialSummary, best_of
 from job.spec import Choice, Grid, JobSpec, LogUniform, SpecError, Uniform, UserError, resolve_trial
 from job.storage import Store
@@ -48,8 +47,8 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
     run_id = None if fresh else _resumable_run(job_spec, store)
     resuming = run_id is not None
     run_id = run_id or new_run_id()
-    lease = storage.RunLease(store, job_spec.name, run_id)
-    lease.acquire()
+    writer = lease.RunLease(store, job_spec.name, run_id)
+    writer.acquire()
     try:
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         print(f"{'resuming' if resuming else 'starting'} run {run_id} -> {store.url(f'{job_spec.name}/{run_id}')}", flush=True)
@@ -60,14 +59,14 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
         result = collect(job_spec, run_id, grid)
         if any(t.status == TERMINATED for t in result.trials):
             _prune(job_spec, grid)
-            _commit(job_spec, store, result, filesystem, [(a["started_at"], a["wall_s"]) for a in lease.attempts])
+            _commit(job_spec, store, result, filesystem, [(a["started_at"], a["wall_s"]) for a in writer.attempts])
             print_summary(result, store.url(f"{job_spec.name}/{run_id}/report"))
         return result
     except (OSError, SpecError) as err:
         cause = err.problems[0] if isinstance(err, SpecError) else f"{store.uri}: storage failed ({' '.join(str(err).split())})"
         raise SpecError([f"{cause.rstrip('.')}. Run {run_id} is saved up to its last checkpoints; rerun the same command to resume"]) from None
     finally:
-        lease.release()
+        writer.release()
 
 
 def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str) -> Any:
@@ -130,7 +129,7 @@ def _resumable_run(job_spec: JobSpec, store: Store) -> str | None:
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         if tune.Tuner.can_restore(f"{storage_path}/tune", storage_filesystem=filesystem):
             return run_id
-        if manifest is None and store.read_optional(f"{job_spec.name}/{run_id}/{storage.LEASE}") is not None:
+        if manifest is None and store.read_optional(f"{job_spec.name}/{run_id}/{lease.LEASE}") is not None:
             return run_id  # its driver died before Tune saved anything: the run starts over under its id
     return None
 
@@ -302,9 +301,9 @@ def _prune(job_spec: JobSpec, grid: Any) -> None:
         storage.delete_folders(result.filesystem, [path for path, _ in folders if path not in kept])
 
 
-def _commit(job_spec: JobSpec, store: Store, result: SweepResult, filesystem: Any, attempts: list[tuple[str, float]] | float) -> Manifest:
+def _commit(job_spec: JobSpec, store: Store, result: SweepResult, filesystem: Any, attempts: list[tuple[str, float]]) -> Manifest:
     """Render the report, add the best checkpoint, and commit it: the manifest goes last. `attempts` is
-    (started_at ISO 8601 UTC, wall_s) per driver that ran the run; a bare float, one attempt ending now."""
+    (started_at ISO 8601 UTC, wall_s) per driver that ran the run."""
     best = result.best_trial()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
@@ -314,11 +313,9 @@ def _commit(job_spec: JobSpec, store: Store, result: SweepResult, filesystem: An
         return store.commit_run(job_spec.name, result.run_id, out, _manifest(job_spec, result, attempts))
 
 
-def _manifest(job_spec: JobSpec, result: SweepResult, attempts: list[tuple[str, float]] | float) -> Manifest:
+def _manifest(job_spec: JobSpec, result: SweepResult, attempts: list[tuple[str, float]]) -> Manifest:
     """The manifest before the commit adds its files; `best_trial` None (no trial finished with results)
     keeps latest.json where it is."""
-    if isinstance(attempts, (int, float)):
-        attempts = [(datetime.fromtimestamp(time.time() - attempts, timezone.utc).isoformat(timespec="seconds"), attempts)]
     best = result.best_trial()
     return Manifest(
         name=job_spec.name,

@@ -1,4 +1,4 @@
-"""storage.RunLease: one driver writes a run; a dead one is taken over at once, a live one refuses the
+"""lease.RunLease: one driver writes a run; a dead one is taken over at once, a live one refuses the
 second driver, and every attempt's wall time is kept. On a local folder: the lease logic is storage-agnostic."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from job.spec import SpecError
-from job.storage import LEASE, LEASE_TTL_S, RunLease, Store, StorageSettings
+from job.lease import LEASE, LEASE_TTL_S, RunLease
+from job.storage import Store, StorageSettings
 
 
 def lease_file(root: Path) -> Path:
