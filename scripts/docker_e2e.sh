@@ -227,6 +227,7 @@ JOB_IMAGE=$JOB_IMAGE
 $(printf '%s\n' "${SOURCE_ARGS[@]}")
 ENV
 umask 022
+built=$(docker image inspect -f '{{.Id}}' "$JOB_IMAGE")
 compose build job >"$WORK/build-compose.log" 2>&1 \
   || { tail -n 30 "$WORK/build-compose.log" >&2; die "compose build failed (log $WORK/build-compose.log)"; }
 pip_steps=$(sed -n 's/^\(#[0-9]*\) \[ *[0-9]*\/[0-9]*\] RUN --mount=type=secret.*/\1/p' "$WORK/build-compose.log" | sort -u)
@@ -236,6 +237,9 @@ for id in $pip_steps; do
     || die "compose build reinstalled the dependencies (step $id): a build arg differs from docker build's (log $WORK/build-compose.log)"
 done
 echo "ok: compose build passed the build args and reused the cached dependency layers"
+if [[ $built != $(docker image inspect -f '{{.Id}}' "$JOB_IMAGE") ]]; then
+  docker image rm "$built" >/dev/null 2>&1 || true   # the tree changed in between: drop the untagged one
+fi
 
 # ---------------------------------------------------------------------------------------------
 step "compose up (job runs $SPEC)"
