@@ -354,7 +354,7 @@ def test_a_kill_during_the_report_commit_is_committed_by_the_rerun(sweep_factory
 
 
 def test_a_second_driver_on_a_live_run_is_refused(sweep_factory) -> None:
-    sweep = sweep_factory([*SLOW, *THREE_TRIALS], epochs=8, trials=3)
+    sweep = sweep_factory([*SLOW, *THREE_TRIALS], epochs=12, trials=3)  # outlasts the second driver's wait for a lease renewal
     first = sweep.start()
     _, run_id = sweep.run_id_of(first)
     assert first.wait_for(lambda line: "] epoch " in line, RUN_S), first.tail()
@@ -379,15 +379,16 @@ def test_a_corrupt_newest_checkpoint_falls_back_and_the_trial_finishes(sweep_fac
     sweep = sweep_factory([*SLOW, *THREE_TRIALS], epochs=6, trials=3, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     driver = sweep.start()
     _, run_id = sweep.run_id_of(driver)
-    assert driver.wait_for(lambda line: "] epoch " in line, RUN_S), driver.tail()
+    assert driver.wait_for(lambda line: "] epoch " in line and epoch_of(line) == 2, RUN_S), driver.tail()
     covered = sweep.wait_for_saved_state(run_id)
     driver.kill()
     finished = set(events(driver, "done"))
     saved = {event(line)[1] for at, line in driver.lines if at < covered and "] epoch " in line}
     training = sorted(saved - finished)
     assert training, f"every trial in Tune's saved state finished before the kill: make epochs longer\n{driver.tail()}"
-    trial_id = training[0]
-    checkpoints = sweep.checkpoints(run_id, trial_id)
+    stored = {t: sweep.checkpoints(run_id, t) for t in training}
+    trial_id = max(training, key=lambda t: len(stored[t]))  # one with a previous checkpoint to fall back to, if any
+    checkpoints = stored[trial_id]
     assert checkpoints, f"{trial_id} stored no checkpoint"
     newest = checkpoints[max(checkpoints)]
     model = f"{sweep.bucket.prefix}/{newest}/model.pt"
@@ -401,6 +402,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_and_the_trial_finishes(sweep_fac
     bad = re.compile(rf"{newest.rsplit('/', 1)[1]}|unreadable|corrupt|damaged|invalid|broken|bad|skip", re.IGNORECASE)
     said = [line for line in rerun.text_lines() if "checkpoint" in line.lower() and trial_id in line and bad.search(line)]
     assert said, f"no line about {trial_id}'s bad checkpoint:\n{rerun.tail()}"
+    sweep.say(f"the rerun said: {said[0]}")
     assert f"epoch  {trial_id} {sweep.epochs}:" in rerun.output, rerun.tail()
     assert_not_retrained(rerun, finished)
     sweep.assert_complete(run_id)
