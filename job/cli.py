@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -123,18 +124,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Else Ray copies the keys into every trial's logged runtime_env. Before the Store: a filesystem built
     # while the keys were in the environment loses them when they leave it.
-    storage.move_env_keys_to_file(os.environ)
+    keys = storage.move_env_keys_to_file(os.environ)
     store = storage.Store(job.storage.uri, storage.StorageSettings.from_env(os.environ))
     try:
         result = sweep.run_sweep(job, store, fresh=args.new, joins_cluster=bool(os.environ.get("RAY_ADDRESS")))
     except sweep.Interrupted as stop:
         print(f"interrupted: run {stop.run_id} saved; rerun the same command to resume", flush=True)
-        return 128 + stop.signum
+        _exit_now(128 + stop.signum, keys)
     failed = [t for t in result.trials if t.status != "TERMINATED"]
     if failed and len(failed) == len(result.trials):
         print(f"error: all {len(failed)} trials failed; the first: {failed[0].error}. "
               "Fix the cause and rerun the same command: the trials resume from their last checkpoints", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _exit_now(code: int, keys: Path | None) -> None:
+    """Exit at once after a clean stop: Tune has saved the run and the lease is released. Ray's exit
+    handlers stop the local Ray one process at a time with grace periods (5 s idle, 20 s on a busy
+    machine), past docker's 10 s; its processes follow the driver out on their own."""
+    if keys is not None:
+        shutil.rmtree(keys.parent, ignore_errors=True)  # atexit would have; os._exit skips it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

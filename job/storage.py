@@ -64,6 +64,9 @@ class StorageSettings:
         )
 
 
+KEYS_FOLDER = "sweep-job-keys-"  # + the driver's pid: its folder of keys
+
+
 def move_env_keys_to_file(environ: MutableMapping[str, str]) -> Path | None:
     """Move S3 keys from the environment into a private shared-credentials file. Call it before Ray
     starts and before any Store is built: the SDK behind pyarrow fixes the profile it reads when a
@@ -83,13 +86,23 @@ def move_env_keys_to_file(environ: MutableMapping[str, str]) -> Path | None:
     token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")  # the same token under its legacy name
     lines = [f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}", f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}",
              *([f"aws_session_token = {token}"] if token else [])]
-    folder = Path(tempfile.mkdtemp(prefix="sweep-job-keys-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
+    parent = Path("/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir())
+    _remove_orphaned_keys(parent)
+    folder = Path(tempfile.mkdtemp(prefix=f"{KEYS_FOLDER}{os.getpid()}-", dir=parent))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = folder / "credentials"
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         out.write("\n".join([f"[{KEYS_PROFILE}]", *lines, ""]))
     environ.update(AWS_SHARED_CREDENTIALS_FILE=str(path), AWS_PROFILE=KEYS_PROFILE)
     return path
+
+
+def _remove_orphaned_keys(parent: Path) -> None:
+    """A SIGKILLed driver runs no atexit: the next one removes key folders whose process is gone."""
+    for folder in parent.glob(f"{KEYS_FOLDER}*-*"):
+        pid = folder.name.removeprefix(KEYS_FOLDER).split("-")[0]
+        if pid.isdigit() and folder.stat().st_uid == os.getuid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _probe_client(settings: StorageSettings, session: boto3.Session) -> Any:

@@ -11,6 +11,8 @@ import pickle
 import re
 import socket
 import stat
+import subprocess
+import sys
 import struct
 import threading
 import time
@@ -539,3 +541,13 @@ def test_slow_but_working_storage_succeeds(s3_env: dict[str, str], bucket_uri: s
     requests = bytes(proxy.sent).count(b" HTTP/1.1\r\n")
     assert requests >= 10, requests  # each one waited 3.5 s
     assert "verified: 1 files ok" in capsys.readouterr().out
+
+
+def test_keys_left_by_a_killed_driver_are_removed_by_the_next(tmp_path: Path) -> None:
+    """A SIGKILLed driver never runs its atexit: its key folder would stay in /dev/shm until a reboot."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    first = storage.move_env_keys_to_file({"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
+    orphan = first.parent.with_name(f"{storage.KEYS_FOLDER}{gone.stdout.strip()}-test")
+    first.parent.rename(orphan)
+    live = storage.move_env_keys_to_file({"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
+    assert not orphan.exists() and live.is_file()  # ours (this pid) is kept
