@@ -199,8 +199,9 @@ class SearchSpec(Strict):
 class ResourcesSpec(Strict):
     cpus: float = Field(1.0, gt=0.0, le=256.0, description="CPU cores per trial; also its torch thread count")
     gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per trial, fractional allowed")
-    gpu_fallback: bool = Field(
-        True, description="run on the CPU when the cluster has no GPU; false on autoscaling clusters whose GPU nodes start on demand"
+    gpu_fallback: Literal["auto"] | bool = Field(
+        "auto", description="when the cluster has no GPU: true runs GPU trials on the CPU, false makes them wait for GPU nodes "
+        "(an autoscaler can add them); auto does the first on a Ray that `sweep run` starts itself, the second on a cluster it joins"
     )
 
 

@@ -11,6 +11,7 @@ import platform
 import secrets
 import signal
 import tempfile
+import time
 from importlib.metadata import version
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,7 +54,7 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         print(f"{'resuming' if resuming else 'starting'} run {run_id} -> {store.url(f'{job_spec.name}/{run_id}')}", flush=True)
         _init_ray()
-        gpus = _gpus_per_trial(job_spec)
+        gpus = _gpus_per_trial(job_spec, joins_cluster)
         _check_resources(job_spec, gpus, joins_cluster)
         grid = _fit(job_spec, gpus, f"{storage_path}/tune", filesystem, run_id)
         result = collect(job_spec, run_id, grid)
@@ -78,7 +79,8 @@ def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str
         # The restored Tuner brings back its pickled callbacks: Progress counts the saved trials itself.
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
-        tuner = _new_tuner(job_spec, trainable, path, filesystem, Progress(job_spec.trial_count(), job_spec.search.metric))
+        need = f"{job_spec.resources.cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
+        tuner = _new_tuner(job_spec, trainable, path, filesystem, Progress(job_spec.trial_count(), job_spec.search.metric, need))
     with _StopSignals(run_id) as stop:
         grid = tuner.fit()
     if stop.signum is not None:
@@ -142,10 +144,12 @@ def _init_ray() -> None:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
 
-def _gpus_per_trial(job_spec: JobSpec) -> float:
-    wanted = job_spec.resources.gpus
-    if wanted > 0 and ray.cluster_resources().get("GPU", 0) == 0 and job_spec.resources.gpu_fallback:
-        print(f"no GPU in the Ray cluster: running trials on the CPU (resources.gpus {wanted} -> 0)", flush=True)
+def _gpus_per_trial(job_spec: JobSpec, joins_cluster: bool) -> float:
+    """No GPU in sight: a laptop or a single container runs its trials on the CPU; a cluster's trials
+    wait for GPU nodes, which its autoscaler starts on demand (falling back would start CPU work instead)."""
+    wanted, fallback = job_spec.resources.gpus, job_spec.resources.gpu_fallback
+    if wanted > 0 and ray.cluster_resources().get("GPU", 0) == 0 and (fallback is True or fallback == "auto" and not joins_cluster):
+        print(f"no GPU in the Ray cluster: running trials on the CPU (resources.gpus {wanted:g} -> 0)", flush=True)
         return 0.0
     return wanted
 
@@ -161,7 +165,8 @@ def _check_resources(job_spec: JobSpec, gpus: float, joins_cluster: bool) -> Non
     if not joins_cluster:
         raise SpecError([f"resources: no node can hold a trial of {need} (got {largest} on this machine). "
                          "Lower resources.cpus or resources.gpus"])
-    print(f"waiting: no node has {need} for a trial yet (largest: {largest}); trials start when the cluster adds one", flush=True)
+    print(f"waiting: no node has {need} for a trial yet (largest: {largest}); trials start when the cluster adds one"
+          + (" (resources.gpu_fallback: true runs them on the CPU instead)" if gpus else ""), flush=True)
 
 
 def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, progress: Progress) -> tune.Tuner:
@@ -339,8 +344,12 @@ class Progress(tune.Callback):
 
     After a restart the counts and the best start from the trials Tune saved, not from zero."""
 
-    def __init__(self, total: int, metric: str) -> None:
-        self.total, self.metric = total, metric
+    WAIT_NOTE_S = 60.0  # how often a sweep with nothing running says what it waits for
+
+    def __init__(self, total: int, metric: str, need: str = "") -> None:
+        self.total, self.metric, self.need = total, metric, need
+        self.idle_since: float | None = None
+        self.said_at = 0.0
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.running: set[str] = set()
@@ -355,6 +364,15 @@ class Progress(tune.Callback):
         mode = METRIC_MODES[self.metric]
         seen = [t.metric_analysis[self.metric][mode] for t in trials if self.metric in t.metric_analysis]
         self.best = best_of(seen, self.metric) if seen else None
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Trials pending and none running: the cluster lacks the resources (an autoscaler may be adding them)."""
+        waiting = any(t.status == "PENDING" for t in trials) and not any(t.status == "RUNNING" for t in trials)
+        now = time.monotonic()
+        self.idle_since = (self.idle_since or now) if waiting else None
+        if self.idle_since is not None and now - self.idle_since >= self.WAIT_NOTE_S and now - self.said_at >= self.WAIT_NOTE_S:
+            self.said_at = now
+            self._say(f"waiting {now - self.idle_since:.0f} s for a node with {self.need or 'room'} for a trial")
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
