@@ -129,18 +129,20 @@ def cluster(s3_server: str) -> Iterator[Cluster]:
     port, dashboard = free_port(), free_port()
     # One temp dir per node, as on separate machines: nodes sharing one would share (and garbage-
     # collect) each other's runtime-env folders, such as the job's working_dir.
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--object-store-memory=200000000", "--disable-usage-stats"]
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
     log = root / "ray-start.log"
     groups: set[int] = set()
     try:
         head = _ray_start([
             "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
             f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--temp-dir={root / 'head'}", *common,
+            f"--temp-dir={root / 'head'}", "--num-gpus=0", *common,
         ], nodes, log)
         groups.add(head)
         worker = _ray_start([
-            f"--address=127.0.0.1:{port}", f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={root / 'node2'}", *common,
+            # One logical GPU on this CPU machine: trials that ask for GPUs must land here, and run on its CPU.
+            f"--address=127.0.0.1:{port}", f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={root / 'node2'}",
+            "--num-gpus=1", *common,
         ], nodes, log)
         groups.add(worker)
         found = Cluster(f"http://127.0.0.1:{dashboard}", clients, head, worker, log, root)
@@ -243,6 +245,41 @@ def test_a_wrong_token_is_one_line(cluster: Cluster) -> None:
         "error: --address: the cluster refused the token (Invalid authentication token). "
         "Set RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN."
     ), done.stderr
+
+
+def test_trials_that_ask_for_a_gpu_run_only_on_the_gpu_node(cluster: Cluster, bucket_uri: str) -> None:
+    sweep = _submit(cluster, [f"storage.uri={bucket_uri}", "search.space={}", "resources.gpus=0.5"])
+    output, _ = sweep.communicate(timeout=SWEEP_TIMEOUT_S)
+    assert sweep.returncode == 0, output
+    assert "running trials on the CPU" not in output  # a cluster with a GPU node keeps the GPU request
+    trials = _manifest(bucket_uri)["trials"]
+    names = _nodes(cluster)
+    assert len(trials) == 3 and {names[t["node"]] for t in trials} == {"node2"}, trials
+
+
+def test_on_a_cluster_without_a_fitting_gpu_node_the_trials_wait_and_say_so(cluster: Cluster, bucket_uri: str) -> None:
+    """Joining a cluster, GPU trials wait for a GPU node (an autoscaler's to start), never fall back to the CPU."""
+    command = [str(BIN / "sweep"), "submit", "--address", cluster.address, str(SMOKE), "--no-wait",
+               "--set", f"storage.uri={bucket_uri}", "--set", "search.space={}", "--set", "resources.gpus=2"]
+    done = subprocess.run(command, env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    try:
+        deadline, logs = time.monotonic() + 120, ""
+        while "waiting: no node has 1 CPUs and 2 GPUs" not in logs:
+            assert time.monotonic() < deadline, logs
+            time.sleep(2)
+            logs = _api(cluster, f"/api/jobs/{job_id}/logs")["logs"]
+        time.sleep(5)  # long enough for a trial to have started, had the sweep fallen back to the CPU
+        logs = _api(cluster, f"/api/jobs/{job_id}/logs")["logs"]
+        assert "] start " not in logs and "running trials on the CPU" not in logs, logs
+        assert "resources.gpu_fallback: true runs them on the CPU instead" in logs
+    finally:
+        _api(cluster, f"/api/jobs/{job_id}/stop", method="POST")
+        deadline = time.monotonic() + 60
+        while _api(cluster, f"/api/jobs/{job_id}")["status"] not in {"STOPPED", "SUCCEEDED", "FAILED"}:
+            assert time.monotonic() < deadline, f"{job_id} did not stop"
+            time.sleep(1)
 
 
 def test_losing_a_node_mid_sweep_still_finishes_every_trial(cluster: Cluster, bucket_uri: str) -> None:
