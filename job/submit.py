@@ -1,7 +1,8 @@
 """Cluster submission: `sweep run` on a Ray cluster through the Ray Jobs API, logs streamed back.
 
 The code lives in the cluster's image; only the validated spec travels with the job. Secrets never
-travel: the cluster reads storage credentials from its own environment. Must not import torch.
+travel: the cluster reads storage credentials from its own environment. Stopping `sweep submit`
+(SIGTERM, SIGINT) stops its job, so a scheduler's deadline bounds GPU time. Must not import torch.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from types import FrameType
 
 import aiohttp
 import requests
@@ -26,12 +31,16 @@ from job.spec import JobSpec, SpecError, parse_spec
 # An address that drops packets would otherwise hang for TCP's ~2 minute connect timeout.
 CONNECT_TIMEOUT_S = 10
 POLL_S = 2.0
+# How long a stopped `sweep submit` waits to see its Ray job end: Ray SIGKILLs the driver 3 s after
+# SIGTERM (RAY_JOB_STOP_WAIT_TIME_S), and Kubernetes gives a deleted pod 30 s before SIGKILL.
+STOP_WAIT_S = 20.0
 # Ray's job SDK logs every upload and every closed log socket at INFO, on loggers set to INFO.
 CHATTY_LOGGERS = ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
 
 
 def submit(job: JobSpec, address: str, wait: bool = True) -> int:
-    """Submit the sweep; with `wait`, stream its logs and return 0 when it SUCCEEDED, else 1."""
+    """Submit the sweep; with `wait`, stream its logs and return 0 when it SUCCEEDED, else 1, or
+    128 + the signal when SIGTERM or SIGINT stopped us (after stopping the job on the cluster)."""
     check_shared_storage(job.storage.uri)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -40,6 +49,26 @@ def submit(job: JobSpec, address: str, wait: bool = True) -> int:
     client = connect(address)
     refuse_overlap(client, address, job.name)
     job_id = f"{job.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    try:
+        # From before the submission: a signal while it is in flight still stops what it started.
+        with _stop_on_signals():
+            send_job(client, address, job, job_id)
+            if not wait:
+                print(job_id, flush=True)
+                _say(f"follow: ray job logs --address {address} --follow {job_id}")
+                _say(f"stop:   ray job stop --address {address} {job_id}")
+                return 0
+            status, message = follow(client, address, job_id)
+    except Stopped as stop:
+        # A CronJob's activeDeadlineSeconds, a deleted pod or Ctrl-C: the GPUs must not outlive us.
+        stop_job(client, address, job_id)
+        return 128 + stop.signum
+    _say(f"job {job_id} {status.value}" + (f": {message}" if message and status != JobStatus.SUCCEEDED else ""))
+    _say(f"logs: ray job logs --address {address} {job_id}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def send_job(client: JobSubmissionClient, address: str, job: JobSpec, job_id: str) -> None:
     with tempfile.TemporaryDirectory(prefix="sweep-submit-") as folder:
         spec_file = write_spec(job, Path(folder))
         # The working_dir holds the spec file alone: the job starts in it, the code comes from the image.
@@ -50,19 +79,6 @@ def submit(job: JobSpec, address: str, wait: bool = True) -> int:
             metadata={"sweep_name": job.name},
         )
     _say(f"submitted {job_id} to {address}: sweep run {spec_file.name}")
-    if not wait:
-        print(job_id, flush=True)
-        _say(f"follow: ray job logs --address {address} --follow {job_id}")
-        _say(f"stop:   ray job stop --address {address} {job_id}")
-        return 0
-    try:
-        status, message = follow(client, address, job_id)
-    except KeyboardInterrupt:
-        _say(f"stopped following; {job_id} keeps running. Stop it: ray job stop --address {address} {job_id}")
-        raise
-    _say(f"job {job_id} {status.value}" + (f": {message}" if message and status != JobStatus.SUCCEEDED else ""))
-    _say(f"logs: ray job logs --address {address} {job_id}")
-    return 0 if status == JobStatus.SUCCEEDED else 1
 
 
 def check_shared_storage(uri: str) -> None:
@@ -153,6 +169,51 @@ def follow(client: JobSubmissionClient, address: str, job_id: str) -> tuple[JobS
             # Ray appends the tail of the logs to a failure message; they were streamed already.
             return info.status, (info.message or "").split(", last available logs")[0]
         time.sleep(POLL_S)
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived while submitting or following a job. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` in Ray's SDK or asyncio swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_job(client: JobSubmissionClient, address: str, job_id: str) -> None:
+    """Stop the Ray job and wait (STOP_WAIT_S at most) to see it end; one line says how it went."""
+    try:
+        client.stop_job(job_id)
+        status = _wait_until_ended(client, job_id, STOP_WAIT_S)
+    except (RuntimeError, requests.RequestException) as err:  # the dashboard is gone or refused
+        _say(f"stopped: could not stop job {job_id} ({type(err).__name__}). Stop it: ray job stop --address {address} {job_id}")
+        return
+    if status.is_terminal():
+        _say(f"stopped: job {job_id} {status.value.lower()} on the cluster")
+    else:
+        _say(f"stopped: asked the cluster to stop job {job_id}; still {status.value} after {STOP_WAIT_S:.0f} s. "
+             f"Check: ray job status --address {address} {job_id}")
+
+
+def _wait_until_ended(client: JobSubmissionClient, job_id: str, timeout_s: float) -> JobStatus:
+    deadline = time.monotonic() + timeout_s
+    while not (status := client.get_job_info(job_id).status).is_terminal() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return status
 
 
 async def _stream_logs(client: JobSubmissionClient, job_id: str) -> None:

@@ -1,18 +1,26 @@
 """The manifests under deploy/, checked statically: they parse, agree with each other and with the
-repo (image, Ray version, spec paths), Ray accepts the launcher config, and every command they run
-is one the `sweep` CLI accepts with a spec that validates."""
+repo (image, Ray version, spec paths), Ray accepts the launcher config, every command they run is
+one the `sweep` CLI accepts with a spec that validates, and every Kubernetes object is valid against
+its real schema (KubeRay v1.7.0's CRDs, Kubernetes' own), unknown fields rejected."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate.utils
 import pytest
 import yaml
+from referencing import Registry, Resource
 
 from job.spec import load_spec
 
@@ -20,6 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 MANIFESTS = sorted(DEPLOY.rglob("*.yaml"))
 LAUNCHER = DEPLOY / "aws" / "cluster.yaml"
+KUSTOMIZATIONS = sorted(DEPLOY.rglob("kustomization.yaml"))
+IMAGE_COMPONENT = DEPLOY / "image" / "kustomization.yaml"
+# What kubectl applies: everything but the launcher config and kustomize's own files.
+KUBE_MANIFESTS = [p for p in MANIFESTS if p != LAUNCHER and p.name != "kustomization.yaml"]
+IMAGE_PLACEHOLDER = "sweep-job"  # what the manifests say; deploy/image/kustomization.yaml sets the real one
 IMAGE_WORKDIR = "/app"  # the Dockerfile's WORKDIR; it copies specs/ there
 SPEC_PATH = re.compile(r"(?:/app/)?\bspecs/[\w.-]+\.ya?ml")
 
@@ -80,12 +93,62 @@ def test_every_manifest_parses() -> None:
         assert (DEPLOY / folder / "README.md").is_file()
 
 
-def test_manifests_name_one_image_tagged_with_the_package_version() -> None:
-    images = {c["image"] for doc in _all_docs() for c in _containers(doc)}
-    images.add(_docs(LAUNCHER)[0]["docker"]["image"])
-    assert len(images) == 1, f"manifests disagree on the image: {sorted(images)}"
-    image = images.pop()
+def _kube_docs() -> list[dict[str, Any]]:
+    return [doc for path in KUBE_MANIFESTS for doc in _docs(path)]
+
+
+def _image() -> str:
+    """The image deploy/image/kustomization.yaml puts in place of the placeholder: `newName:newTag`."""
+    (entry,) = _docs(IMAGE_COMPONENT)[0]["images"]
+    assert entry["name"] == IMAGE_PLACEHOLDER, entry
+    return f"{entry['newName']}:{entry['newTag']}"
+
+
+def test_manifests_name_one_image_set_once_and_tagged_with_the_package_version() -> None:
+    images = {c["image"] for doc in _kube_docs() for c in _containers(doc)}
+    assert images == {IMAGE_PLACEHOLDER}, f"manifests must say image: {IMAGE_PLACEHOLDER} (got {sorted(images)})"
+    image = _image()
     assert image.endswith(f":{_pyproject()['project']['version']}"), image
+    assert _docs(LAUNCHER)[0]["docker"]["image"] == image, "the launcher and kustomize name different images"
+
+
+def test_each_kustomization_lists_every_manifest_of_its_folder_and_the_image_component() -> None:
+    folders = {p.parent for p in KUBE_MANIFESTS}
+    assert {p.parent for p in KUSTOMIZATIONS} == folders | {IMAGE_COMPONENT.parent}
+    assert _docs(IMAGE_COMPONENT)[0]["kind"] == "Component"
+    for folder in folders:
+        (kustomization,) = _docs(folder / "kustomization.yaml")
+        assert kustomization["kind"] == "Kustomization", folder
+        assert sorted(kustomization["resources"]) == sorted(p.name for p in KUBE_MANIFESTS if p.parent == folder), folder
+        assert kustomization["components"] == ["../image"], folder
+        assert "images" not in kustomization, f"{folder}: the image is named once, in {IMAGE_COMPONENT}"
+
+
+def test_the_kuberay_manifests_are_applied_one_at_a_time_by_label() -> None:
+    # `kubectl apply -k deploy/kuberay -l sweep-job/schedule=once|nightly`: never both (same sweep name).
+    labels = {doc["kind"]: doc["metadata"]["labels"].get("sweep-job/schedule") for doc in _docs_in(DEPLOY / "kuberay")}
+    assert labels == {"RayJob": "once", "RayCronJob": "nightly"}
+    readme = (DEPLOY / "kuberay" / "README.md").read_text()
+    assert "-l sweep-job/schedule=once" in readme and "-l sweep-job/schedule=nightly" in readme
+
+
+def _docs_in(folder: Path) -> list[dict[str, Any]]:
+    return [doc for path in KUBE_MANIFESTS if path.parent == folder for doc in _docs(path)]
+
+
+def _names(docs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+@pytest.mark.parametrize("folder", sorted({p.parent.name for p in KUBE_MANIFESTS}))
+def test_kustomize_renders_every_manifest_with_the_real_image(folder: str) -> None:
+    done = subprocess.run(["kubectl", "kustomize", str(DEPLOY / folder)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rendered = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    assert _names(rendered) == _names(_docs_in(DEPLOY / folder))
+    images = {c["image"] for doc in rendered for c in _containers(doc)}
+    assert images == {_image()}, images
 
 
 def test_manifests_and_compose_name_the_same_image() -> None:
@@ -163,8 +226,7 @@ def test_kuberay_jobs_retry_clean_up_and_run_trials_on_gpus() -> None:
     specs = _ray_job_specs()
     assert len(specs) == 2
     for spec in specs:
-        assert spec["shutdownAfterJobFinishes"] is True
-        assert spec["ttlSecondsAfterFinished"] > 0 and spec["backoffLimit"] >= 1
+        assert spec["backoffLimit"] >= 1 and 0 < spec["activeDeadlineSeconds"] <= 6 * 3600
         assert spec["submissionMode"] in {"K8sJobMode", "HTTPMode"}
         assert spec["rayClusterSpec"]["authOptions"]["mode"] == "token"
     for doc in _of_kind("RayJob") + _of_kind("RayCronJob") + _of_kind("RayCluster"):
@@ -213,6 +275,15 @@ def test_raycronjob_is_scheduled_and_flagged_alpha() -> None:
     assert "feature-gates=RayCronJob=true" in text and "ALPHA" in text
 
 
+def test_launcher_pins_one_current_gpu_machine_image_and_says_how_to_refresh_it() -> None:
+    types = _docs(LAUNCHER)[0]["available_node_types"].values()
+    images = {t["node_config"].get("ImageId") for t in types}
+    (image,) = images  # Ray's fallback, without one, is a CUDA 11.2-era Deep Learning AMI
+    assert image and re.fullmatch(r"ami-[0-9a-f]{8,17}", image), images
+    readme = (DEPLOY / "aws" / "README.md").read_text()
+    assert "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id" in readme
+
+
 def test_launcher_config_passes_rays_own_validation() -> None:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -229,3 +300,181 @@ def test_launcher_config_passes_rays_own_validation() -> None:
     assert config["setup_commands"] == [] and config["worker_setup_commands"] == [], "the image holds everything"
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in cmd for cmd in starts if "ray start" in cmd)
+
+
+# --- Deletion rules: what KubeRay's operator checks beyond the CRD (ray-operator's validation.go) ---
+
+CONDITIONS = ({"jobStatus": "SUCCEEDED"}, {"jobStatus": "FAILED"}, {"jobDeploymentStatus": "Failed"})
+DELETION_ORDER = ("DeleteWorkers", "DeleteCluster", "DeleteSelf")  # each at least as late as the one before
+
+
+def _rules(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, int]]:
+    """condition -> policy -> ttlSeconds; a repeated (condition, policy) pair fails."""
+    by_condition: dict[tuple[str, str], dict[str, int]] = {}
+    for rule in spec["deletionStrategy"]["deletionRules"]:
+        condition = dict(rule["condition"])
+        ttl = condition.pop("ttlSeconds", 0)
+        ((key, value),) = condition.items()  # the CRD's rule: jobStatus or jobDeploymentStatus, not both
+        policies = by_condition.setdefault((key, value), {})
+        assert rule["policy"] not in policies, f"duplicate rule {rule}"
+        policies[rule["policy"]] = ttl
+    return by_condition
+
+
+def test_gpu_workers_go_when_the_job_ends_by_deletion_rules_the_operator_accepts() -> None:
+    for spec in _ray_job_specs():
+        # KubeRay refuses deletionRules with shutdownAfterJobFinishes, and a TTL needs the latter.
+        assert not spec.get("shutdownAfterJobFinishes") and "ttlSecondsAfterFinished" not in spec
+        assert not spec["rayClusterSpec"].get("enableInTreeAutoscaling"), "KubeRay: no DeleteWorkers with autoscaling"
+        rules = _rules(spec)
+        assert sorted(rules) == sorted(next(iter(c.items())) for c in CONDITIONS), rules
+        for condition, policies in rules.items():
+            assert policies["DeleteWorkers"] == 0, f"{condition}: GPU workers must go at once"
+            assert "DeleteCluster" in policies, condition
+            ttls = [policies[p] for p in DELETION_ORDER if p in policies]
+            assert ttls == sorted(ttls), f"{condition}: KubeRay wants DeleteWorkers <= DeleteCluster <= DeleteSelf TTLs"
+
+
+def test_scheduled_rayjobs_delete_themselves_and_one_offs_stay() -> None:
+    (cron,) = _of_kind("RayCronJob")
+    assert all("DeleteSelf" in p for p in _rules(cron["spec"]["jobTemplate"]).values()), "old firings pile up"
+    (job,) = _of_kind("RayJob")
+    assert not any("DeleteSelf" in p for p in _rules(job["spec"]).values()), "`kubectl get rayjob` shows the outcome"
+    readme = (DEPLOY / "kuberay" / "README.md").read_text()
+    assert "RayJobDeletionPolicy" in readme, "say which feature gate deletionRules need"
+
+
+# --- Schemas: KubeRay's CRDs for its kinds, Kubernetes' for the rest, every pod template and metadata ---
+
+KUBERAY_CRDS = REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0"  # where it comes from: its README
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml", "RayCronJob": "ray.io_raycronjobs.yaml"}
+K8S_DEFINITIONS = {"CronJob": "io.k8s.api.batch.v1.CronJob"}
+OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+POD_TEMPLATE = "io.k8s.api.core.v1.PodTemplateSpec"
+# An older Kubernetes minor still on managed clusters, and the newest kubernetes-validate ships.
+K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+needs_crds = pytest.mark.skipif(not KUBERAY_CRDS.is_dir(), reason=f"KubeRay's CRDs are not at {KUBERAY_CRDS} (shared/schemas)")
+
+
+def _reject_unknown(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with unknown fields an error wherever it lists its fields (what `kubectl apply`'s
+    strict field validation does); objects marked x-kubernetes-preserve-unknown-fields stay open."""
+    out = dict(schema)
+    if "properties" in schema:
+        out["properties"] = {name: _reject_unknown(sub) for name, sub in schema["properties"].items()}
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            out[key] = _reject_unknown(schema[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in schema:
+            out[key] = [_reject_unknown(sub) for sub in schema[key]]
+    return out
+
+
+@functools.cache
+def _crd_validator(kind: str) -> jsonschema.protocols.Validator:
+    # libyaml's loader: each CRD is ~20,000 lines, 10 s for the pure-Python one on a busy core.
+    crd = yaml.load((KUBERAY_CRDS / CRD_FILES[kind]).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    # OpenAPI v3.0 schemas are JSON Schema draft 4 with extensions (x-kubernetes-*), which it ignores.
+    return jsonschema.Draft4Validator(_reject_unknown(version["schema"]["openAPIV3Schema"]))
+
+
+@functools.cache
+def _k8s_validator(definition: str, version: str) -> jsonschema.protocols.Validator:
+    """Kubernetes' own schema of one type, the strict variant (additionalProperties: false throughout)."""
+    path = f"kubernetes-json-schema/v{version}-local-strict/_definitions.json"
+    definitions = kubernetes_validate.utils.schema_contents(path, version)
+    registry = Resource.from_contents(definitions) @ Registry()
+    return jsonschema.Draft202012Validator({"$ref": f"{definitions['$id']}#/$defs/{definition}"}, registry=registry)
+
+
+def _pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return _walk(doc, "template") + _walk(doc, "submitterPodTemplate")
+
+
+def _errors(validator: jsonschema.protocols.Validator, instance: Any, where: str) -> list[str]:
+    return [f"{where}.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+def _schema_problems(doc: dict[str, Any]) -> list[str]:
+    """Every way `doc` breaks its schemas: the CRD (KubeRay kinds) or Kubernetes' type, its metadata,
+    and each pod template inside it, in every Kubernetes version of K8S_VERSIONS."""
+    kind = doc["kind"]
+    problems = _errors(_crd_validator(kind), doc, kind) if kind in CRD_FILES else []
+    for version in K8S_VERSIONS:
+        if kind not in CRD_FILES:
+            problems += _errors(_k8s_validator(K8S_DEFINITIONS[kind], version), doc, f"{kind} (k8s {version})")
+        problems += _errors(_k8s_validator(OBJECT_META, version), doc["metadata"], f"metadata (k8s {version})")
+        for template in _pod_templates(doc):
+            problems += _errors(_k8s_validator(POD_TEMPLATE, version), template, f"pod template (k8s {version})")
+    return problems
+
+
+def _kube_doc_ids() -> list[str]:
+    return [f"{d['kind']}/{d['metadata']['name']}" for d in _kube_docs()]
+
+
+def _needs(doc: dict[str, Any]) -> None:
+    if doc["kind"] in CRD_FILES and not KUBERAY_CRDS.is_dir():
+        pytest.skip(f"KubeRay's CRDs are not at {KUBERAY_CRDS} (shared/schemas)")
+
+
+def test_every_kubernetes_object_has_a_schema_here() -> None:
+    kinds = {doc["kind"] for doc in _kube_docs()}
+    assert kinds == {"RayJob", "RayCronJob", "RayCluster", "CronJob"}, kinds
+    assert all(doc["apiVersion"] == "ray.io/v1" for doc in _kube_docs() if doc["kind"] in CRD_FILES)
+    assert all(_pod_templates(doc) for doc in _kube_docs()), "every object here carries pod templates"
+
+
+@pytest.mark.parametrize("doc", _kube_docs(), ids=_kube_doc_ids())
+def test_manifest_is_valid_against_its_schemas(doc: dict[str, Any]) -> None:
+    _needs(doc)
+    assert _schema_problems(doc) == []
+
+
+def _plant_in_spec(doc: dict[str, Any]) -> None:
+    doc["spec"]["foo"] = 1
+
+
+def _plant_in_metadata(doc: dict[str, Any]) -> None:
+    doc["metadata"]["foo"] = 1
+
+
+def _plant_in_a_container(doc: dict[str, Any]) -> None:
+    _containers(doc)[-1]["foo"] = 1
+
+
+def _plant_in_a_deletion_rule(doc: dict[str, Any]) -> None:
+    for spec in _walk(doc, "deletionStrategy"):
+        spec["deletionRules"][0]["condition"]["foo"] = 1
+
+
+PLANTS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "spec": _plant_in_spec, "metadata": _plant_in_metadata, "container": _plant_in_a_container,
+}
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+@pytest.mark.parametrize("doc", _kube_docs(), ids=_kube_doc_ids())
+def test_an_unknown_field_is_rejected(doc: dict[str, Any], plant: str) -> None:
+    _needs(doc)
+    planted = copy.deepcopy(doc)
+    PLANTS[plant](planted)
+    problems = _schema_problems(planted)
+    assert problems and all("'foo'" in p for p in problems), problems
+    if plant == "container":  # both the object's own schema and Kubernetes' PodTemplateSpec caught it
+        assert any(p.startswith("pod template") for p in problems) and any(p.startswith(doc["kind"]) for p in problems), problems
+
+
+@needs_crds
+def test_an_unknown_field_in_a_deletion_rule_and_an_unknown_policy_are_rejected() -> None:
+    for doc in _of_kind("RayJob") + _of_kind("RayCronJob"):
+        planted = copy.deepcopy(doc)
+        _plant_in_a_deletion_rule(planted)
+        assert any("'foo'" in p for p in _schema_problems(planted)), doc["kind"]
+        wrong = copy.deepcopy(doc)
+        _walk(wrong, "deletionRules")[0][0]["policy"] = "DeleteWorker"
+        assert any("'DeleteWorker' is not one of" in p for p in _schema_problems(wrong)), doc["kind"]

@@ -1,12 +1,14 @@
-"""`sweep submit` without a cluster: what is refused, how fast, and in which words.
+"""`sweep submit` without a cluster: what is refused, how fast, and in which words; and, on the real
+local cluster of test_cluster.py, that stopping `sweep submit` stops its job.
 
-The real cluster runs are in test_cluster.py. Here the far end is nothing at all (a closed port)
-or a tiny HTTP server on loopback that answers like a dashboard that refuses us.
+The other real cluster runs are in test_cluster.py. Here the far end is otherwise nothing at all (a
+closed port) or a tiny HTTP server on loopback that answers like a dashboard that refuses us.
 """
 
 from __future__ import annotations
 
 import http.server
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 
 from job import submit
 from job.spec import SpecError, load_spec
+from test_cluster import Cluster, _api, _submit, cluster  # noqa: F401 (cluster: the fixture, a real two-node Ray)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.yaml"
@@ -133,3 +136,48 @@ def test_cli_refusals_are_one_line_and_exit_2(args: list[str], message: str) -> 
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(message) and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def _status(cluster: Cluster, job_id: str) -> str:
+    return _api(cluster, f"/api/jobs/{job_id}")["status"]
+
+
+def _wait_for_status(cluster: Cluster, job_id: str, wanted: set[str], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (status := _status(cluster, job_id)) not in wanted:
+        assert time.monotonic() < deadline, f"{job_id} still {status}, not {wanted}, after {timeout_s} s"
+        time.sleep(0.5)
+    return status
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_stopping_submit_stops_its_job_on_the_cluster(cluster: Cluster, bucket_uri: str, sig: int, code: int) -> None:
+    """A CronJob's activeDeadlineSeconds ends the submitter with SIGTERM, Ctrl-C with SIGINT: the Ray job ends too."""
+    # Epochs of ~1 s (batch 16 on 20,000 images) x 50: the sweep would run for minutes.
+    slow = [f"storage.uri={bucket_uri}", "search.space={}", "optim.epochs=50", "data.synthetic_train=20000", "optim.batch_size=16"]
+    sweep = _submit(cluster, slow)
+    job_id = ""
+    try:
+        assert sweep.stdout is not None
+        for line in sweep.stdout:  # stderr too: `submitted <id> to <address>: ...` comes first
+            if line.startswith("submitted "):
+                job_id = line.split()[1]
+                break
+        assert job_id, "no `submitted` line"
+        _wait_for_status(cluster, job_id, {"RUNNING"}, timeout_s=120)
+        sweep.send_signal(sig)
+        output, _ = sweep.communicate(timeout=60)
+        print(output)  # what the CronJob's log shows (with -s)
+        assert sweep.returncode == code, output
+        assert f"stopped: job {job_id} stopped on the cluster" in output.splitlines(), output
+        assert "Traceback" not in output, output
+        assert _status(cluster, job_id) == "STOPPED"
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
+        if job_id and _status(cluster, job_id) not in {"STOPPED", "SUCCEEDED", "FAILED"}:
+            _api(cluster, f"/api/jobs/{job_id}/stop", method="POST")
+            _wait_for_status(cluster, job_id, {"STOPPED", "SUCCEEDED", "FAILED"}, timeout_s=60)
