@@ -116,6 +116,11 @@ def test_train_then_evaluate_the_checkpoint(tmp_path: Path) -> None:
     assert m, evaluated.stdout
     assert float(m.group(2)) == pytest.approx(last_acc, abs=0.01)
 
+    weights = ckpt / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as an interrupted copy leaves it
+    (line,) = assert_user_error(sweep("train", "--evaluate", ckpt), str(ckpt))
+    assert "not a readable checkpoint" in line
+
 
 def test_train_unknown_variant_lists_the_names() -> None:
     (line,) = assert_user_error(sweep("train", SMOKE, "--variant", "resnet"), "--variant")
