@@ -104,6 +104,15 @@ def _api(cluster: Cluster, path: str, method: str = "GET") -> dict:
         return json.load(reply)
 
 
+def _stop_job(cluster: Cluster, job_id: str) -> None:
+    """Stop a Ray job and wait until it has ended: the next submit of the same sweep would be refused."""
+    _api(cluster, f"/api/jobs/{job_id}/stop", method="POST")
+    deadline = time.monotonic() + 60
+    while _api(cluster, f"/api/jobs/{job_id}")["status"] not in {"STOPPED", "SUCCEEDED", "FAILED"}:
+        assert time.monotonic() < deadline, f"{job_id} did not stop"
+        time.sleep(1)
+
+
 def _nodes(cluster: Cluster) -> dict[str, str]:
     """node id -> "head" or "node2" (dead nodes included), from the dashboard's state API."""
     nodes = _api(cluster, "/api/v0/nodes")["data"]["result"]["result"]
@@ -227,11 +236,7 @@ def test_submitted_job_carries_the_spec_and_no_secrets(cluster: Cluster, bucket_
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 2 and "name: a sweep named smoke is still" in again.stderr, again.stderr
     finally:
-        _api(cluster, f"/api/jobs/{job_id}/stop", method="POST")
-        deadline = time.monotonic() + 60
-        while _api(cluster, f"/api/jobs/{job_id}")["status"] not in {"STOPPED", "SUCCEEDED", "FAILED"}:
-            assert time.monotonic() < deadline, f"{job_id} did not stop"
-            time.sleep(1)
+        _stop_job(cluster, job_id)
 
 
 def test_a_wrong_token_is_one_line(cluster: Cluster) -> None:
@@ -275,11 +280,7 @@ def test_on_a_cluster_without_a_fitting_gpu_node_the_trials_wait_and_say_so(clus
         assert "] start " not in logs and "running trials on the CPU" not in logs, logs
         assert "resources.gpu_fallback: true runs them on the CPU instead" in logs
     finally:
-        _api(cluster, f"/api/jobs/{job_id}/stop", method="POST")
-        deadline = time.monotonic() + 60
-        while _api(cluster, f"/api/jobs/{job_id}")["status"] not in {"STOPPED", "SUCCEEDED", "FAILED"}:
-            assert time.monotonic() < deadline, f"{job_id} did not stop"
-            time.sleep(1)
+        _stop_job(cluster, job_id)
 
 
 def test_losing_a_node_mid_sweep_still_finishes_every_trial(cluster: Cluster, bucket_uri: str) -> None:
