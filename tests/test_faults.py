@@ -354,7 +354,8 @@ def test_a_kill_during_the_report_commit_is_committed_by_the_rerun(sweep_factory
 
 
 def test_a_second_driver_on_a_live_run_is_refused(sweep_factory) -> None:
-    sweep = sweep_factory([*SLOW, *THREE_TRIALS], epochs=12, trials=3)  # outlasts the second driver's wait for a lease renewal
+    # Outlasts the second driver's start (Ray included) and its wait for a lease renewal: ~11 s + ~15 s.
+    sweep = sweep_factory([*SLOW, *THREE_TRIALS], epochs=30, trials=3)
     first = sweep.start()
     _, run_id = sweep.run_id_of(first)
     assert first.wait_for(lambda line: "] epoch " in line, RUN_S), first.tail()
