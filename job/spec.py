@@ -207,6 +207,8 @@ class ResourcesSpec(Strict):
 
 class CheckpointsSpec(Strict):
     keep: int = Field(2, ge=1, le=100, description="best k checkpoints kept per trial, by search.metric")
+    every: int = Field(1, ge=1, le=10_000, description="epochs between checkpoints (the last epoch always saves one); "
+                       "a retried or resumed trial retrains the epochs after its newest checkpoint")
 
 
 class FailuresSpec(Strict):

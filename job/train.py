@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from job.data import DeviceData, batch_indices, load_arrays, to_device
+from job.data import DeviceData, batch_indices, device_data, load_arrays, to_device
 from job.models import build_model
 from job.results import EpochMetrics
 from job.spec import SpecError, TrialSpec
@@ -61,6 +61,9 @@ def new_state(trial: TrialSpec, device: torch.device) -> TrainState:
     )
     state = TrainState(model, optimizer)
     if trial.optim.compile:
+        # A reused Tune worker holds the previous trial's compiled graphs, whose recompiles count towards
+        # Dynamo's limit: start from an empty cache, as a fresh process does.
+        torch.compiler.reset()
         # Inductor fuses the elementwise work around the matrix products into a few kernels, which the
         # CUDA graph then captures: 0.216 -> 0.131 s per CIFAR-10 epoch on an H100, where autotuned
         # matrix products help too (benchmarks/cuda_step_variants.py). Compiling happens on first use.
@@ -71,7 +74,7 @@ def new_state(trial: TrialSpec, device: torch.device) -> TrainState:
 
 def train_trial(trial: TrialSpec, device: torch.device, state: TrainState | None = None) -> Iterator[tuple[EpochMetrics, TrainState]]:
     """Train from `state` (or from scratch) to `trial.optim.epochs`, yielding after every epoch."""
-    data = to_device(load_arrays(trial.data, trial.seed), device)
+    data = device_data(trial.data, trial.seed, device)
     state = state or new_state(trial, device)
     for epoch in range(state.epoch + 1, trial.optim.epochs + 1):
         # One generator per epoch, seeded by the epoch: a resumed trial sees the same batches.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -55,6 +57,28 @@ def test_synthetic_is_shaped_like_cifar() -> None:
     assert set(a.y_train.tolist()) == set(range(10))
     assert 0 <= int(a.y_test.min()) and int(a.y_test.max()) <= 9
     assert int(a.x_train.min()) < 64 and int(a.x_train.max()) > 192  # spans the pixel range
+
+
+def test_device_data_is_kept_for_the_next_trial_one_entry_at_a_time() -> None:
+    """A reused Tune worker skips the load and the copy for its next trial of the same data."""
+    spec = DataSpec(dataset="synthetic", synthetic_train=200, synthetic_test=50)
+    job.data.device_data.cache_clear()
+    first = job.data.device_data(spec, 0, CPU)
+    assert job.data.device_data(spec, 0, CPU) is first
+    fresh = to_device(load_arrays(spec, seed=0), CPU)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(first, name), getattr(fresh, name)), name
+    other = job.data.device_data(spec, 1, CPU)
+    assert other is not first and not torch.equal(other.x_train, first.x_train)
+    assert job.data.device_data(spec, 0, CPU) is not first  # one entry: seed 1's replaced it
+    assert job.data.device_data.cache_info().currsize == 1
+
+
+def test_importing_data_leaves_torchvision_unloaded() -> None:
+    """torchvision pulls in torch._dynamo: seconds of every trial worker's start, needed only to build the CIFAR-10 cache."""
+    code = "import sys, job.data; print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "False"], done.stderr[-2000:]
 
 
 def test_synthetic_is_deterministic_by_seed() -> None:
@@ -210,7 +234,6 @@ def test_second_load_hits_the_cache(cifar: tuple[DataSpec, Arrays], monkeypatch:
         raise AssertionError("the cache was rebuilt")
 
     monkeypatch.setattr(job.data, "_build_cache", no_rebuild)
-    monkeypatch.setattr(job.data, "extract_archive", no_rebuild)
     again = load_arrays(spec, seed=0)
     assert torch.equal(again.y_train, first.y_train) and torch.equal(again.x_test, first.x_test)
     assert caches[0].stat().st_mtime_ns == mtime

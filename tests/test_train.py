@@ -79,6 +79,22 @@ def test_training_is_deterministic_by_seed() -> None:
     assert (a.train_loss, a.test_loss, a.test_acc) == (b.train_loss, b.test_loss, b.test_acc)
 
 
+def test_a_trial_after_others_in_one_process_trains_as_it_does_first() -> None:
+    """Tune reuses a worker for trial after trial: the kept data, the global RNG (dropout draws from it) and
+    the threads must carry nothing from one trial to the next."""
+    job.data.device_data.cache_clear()
+    first = [m for m, _ in run(synthetic_trial("dropout", epochs=2))]
+    data = job.data.device_data(synthetic_trial().data, 0, CPU)
+    kept = [t.clone() for t in (data.x_train, data.y_train, data.x_test, data.y_test)]
+    run(synthetic_trial("batchnorm"))
+    torch.rand(7)  # anything else the previous trial drew
+    again = [m for m, _ in run(synthetic_trial("dropout", epochs=2))]
+    assert [(m.train_loss, m.train_acc, m.test_loss, m.test_acc) for m in again] == [
+        (m.train_loss, m.train_acc, m.test_loss, m.test_acc) for m in first]
+    assert job.data.device_data(synthetic_trial().data, 0, CPU) is data  # the same tensors, kept
+    assert all(torch.equal(a, b) for a, b in zip(kept, (data.x_train, data.y_train, data.x_test, data.y_test)))  # and unwritten
+
+
 def test_evaluate_in_large_batches_matches_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     ((_, state),) = run(synthetic_trial("batchnorm"))
     data = job.data.to_device(job.data.synthetic_arrays(10, 500, seed=1), CPU)
