@@ -45,6 +45,9 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
     """Run (or resume) the sweep, then commit the report to storage; returns the results."""
     store.check()
     data.prepare(job_spec.data)  # a missing or corrupt dataset is one error here, not one per trial
+    _init_ray()
+    gpus = _gpus_per_trial(job_spec, joins_cluster)
+    _check_resources(job_spec, gpus, joins_cluster)
     run_id = None if fresh else _resumable_run(job_spec, store)
     resuming = run_id is not None
     run_id = run_id or new_run_id()
@@ -53,11 +56,11 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
     try:
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         print(f"{'resuming' if resuming else 'starting'} run {run_id} -> {store.url(f'{job_spec.name}/{run_id}')}", flush=True)
-        _init_ray()
-        gpus = _gpus_per_trial(job_spec, joins_cluster)
-        _check_resources(job_spec, gpus, joins_cluster)
         grid = _fit(job_spec, gpus, f"{storage_path}/tune", filesystem, run_id)
         result = collect(job_spec, run_id, grid)
+        lost = [e for e in (getattr(r.error, "cause", None) or r.error for r in grid if r.error) if isinstance(e, OSError)]
+        if lost:  # storage went away for longer than the retries: no partial report; said below, the run is saved
+            raise OSError(str(lost[0]))
         if any(t.status == TERMINATED for t in result.trials):
             _prune(job_spec, grid)
             _commit(job_spec, store, result, filesystem, [(a["started_at"], a["wall_s"]) for a in writer.attempts])
@@ -73,7 +76,8 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
 def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str) -> Any:
     """Tune's fit, new or restored; SIGTERM and SIGINT stop it the way Tune's own SIGUSR1 does."""
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, job_spec=job_spec, gpus=gpus), {"cpu": job_spec.resources.cpus, "gpu": gpus}
+        tune.with_parameters(run_trial, job_spec=job_spec, gpus=gpus, tune_path=path, filesystem=filesystem),
+        {"cpu": job_spec.resources.cpus, "gpu": gpus},
     )
     if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         # The restored Tuner brings back its pickled callbacks: Progress counts the saved trials itself.
@@ -220,13 +224,14 @@ def _scheduler(job_spec: JobSpec) -> Any:
     return FIFOScheduler()
 
 
-def run_trial(config: dict[str, Any], job_spec: JobSpec, gpus: float) -> None:
+def run_trial(config: dict[str, Any], job_spec: JobSpec, gpus: float, tune_path: str, filesystem: Any) -> None:
     """Tune's trainable: rebuild a validated trial spec, resume from the newest good checkpoint, report each epoch."""
     trial = resolve_trial(job_spec, config[VARIANT], {k: v for k, v in config.items() if k != VARIANT})
     device = train.choose_device(threads=max(1, int(job_spec.resources.cpus)), use_cuda=gpus > 0)
     node = ray.get_runtime_context().get_node_id()
-    checkpoint = tune.get_checkpoint()
-    state, note = _resume(checkpoint, device) if checkpoint else (None, "")
+    # The trial's own folder, not tune.get_checkpoint(): Tune's state may predate the trial's newest
+    # checkpoints (it saves every >= 10 s), or even its first one, as after a kill early in a run.
+    state, note = _resume(f"{tune_path}/{Path(tune.get_context().get_trial_dir()).name}", filesystem, device)
     if state is not None and state.epoch >= trial.optim.epochs:  # it had finished before the restart
         tune.report({**state.history[-1].to_dict(), NODE: node, NOTE: note, REPLAY: True})
         return
@@ -242,21 +247,20 @@ def run_trial(config: dict[str, Any], job_spec: JobSpec, gpus: float) -> None:
         note = ""
 
 
-def _resume(checkpoint: tune.Checkpoint, device: Any) -> tuple[train.TrainState | None, str]:
-    """The newest readable checkpoint of the trial, which may be newer than the one Tune's saved state
-    names (those written after its last snapshot); damaged ones are skipped, and the note says so."""
-    trial_path = checkpoint.path.rsplit("/", 1)[0]
+def _resume(trial_path: str, filesystem: Any, device: Any) -> tuple[train.TrainState | None, str]:
+    """The newest readable checkpoint in the trial's folder, which may be newer than the one Tune's saved
+    state names; damaged ones are skipped, and the note says so. A new trial finds none and says nothing."""
     skipped = []
-    for path, meta in storage.checkpoint_folders(checkpoint.filesystem, trial_path, train.TRIAL_JSON):
+    for path, meta in storage.checkpoint_folders(filesystem, trial_path, train.TRIAL_JSON):
         try:
-            with tune.Checkpoint(path, checkpoint.filesystem).as_directory() as folder:
+            with tune.Checkpoint(path, filesystem).as_directory() as folder:
                 state, _, _ = train.load_checkpoint(Path(folder), device)
         except (UserError, OSError):
             skipped.append(path.rsplit("/", 1)[-1])
             continue
         unreadable = f" ({', '.join(skipped)} unreadable)" if skipped else ""
         return state, f"resumed at epoch {state.epoch} from checkpoint {path.rsplit('/', 1)[-1]}{unreadable}"
-    return None, f"no readable checkpoint ({', '.join(skipped) or 'none found'}): starting over"
+    return None, f"no readable checkpoint ({', '.join(skipped)} unreadable): starting over" if skipped else ""
 
 
 def collect(job_spec: JobSpec, run_id: str, grid: Any) -> SweepResult:
@@ -419,6 +423,11 @@ class Progress(tune.Callback):
         self.running.discard(trial.trial_id)
         self.failed.add(trial.trial_id)
         self._say(f"FAILED {trial.trial_id}: see {_url(trial.storage.storage_filesystem, trial.path)}/error.txt")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A restored Tuner unpickles the callback saved with the run, maybe by an older version: keep
+        only what the spec set, and count the saved trials afresh (`on_step_begin`)."""
+        self.__init__(state["total"], state["metric"], state.get("need", ""))
 
     def _say(self, text: str) -> None:
         best = "-" if self.best is None else f"{self.best:.4g}"
