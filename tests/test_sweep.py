@@ -260,7 +260,7 @@ def test_a_trial_no_node_can_hold_is_refused_in_one_line(s3_server: str, tmp_pat
                      sweep_env(s3_server, tmp_path), timeout_s=120)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: resources: no node can hold a trial of 64 CPUs") and line.endswith("Lower resources.cpus or resources.gpus.")
+    assert line.startswith("error: resources: no node can hold a trial of 64 CPUs") and line.endswith("Lower resources.cpus or resources.gpus")
     assert "starting run" not in done.stdout and not (tmp_path / "out" / "smoke").exists()  # refused before any run
 
 
