@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
