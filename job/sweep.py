@@ -57,12 +57,13 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         print(f"{'resuming' if resuming else 'starting'} run {run_id} -> {store.url(f'{job_spec.name}/{run_id}')}", flush=True)
         grid = _fit(job_spec, gpus, f"{storage_path}/tune", filesystem, run_id)
-        result = collect(job_spec, run_id, grid)
+        checkpoints = [storage.checkpoint_folders(r.filesystem, r.path, train.TRIAL_JSON) for r in grid]  # read once
+        result = collect(job_spec, run_id, grid, checkpoints)
         lost = [e for e in (getattr(r.error, "cause", None) or r.error for r in grid if r.error) if isinstance(e, OSError)]
         if lost:  # storage went away for longer than the retries: no partial report; said below, the run is saved
             raise OSError(str(lost[0]))
         if any(t.status == TERMINATED for t in result.trials):
-            _prune(job_spec, grid)
+            _prune(job_spec, grid, checkpoints)
             _commit(job_spec, store, result, filesystem, [(a["started_at"], a["wall_s"]) for a in writer.attempts])
             print_summary(result, store.url(f"{job_spec.name}/{run_id}/report"))
         return result
@@ -83,8 +84,8 @@ def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str
         # The restored Tuner brings back its pickled callbacks: Progress counts the saved trials itself.
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
-        need = f"{job_spec.resources.cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
-        tuner = _new_tuner(job_spec, trainable, path, filesystem, Progress(job_spec.trial_count(), job_spec.search.metric, need))
+        progress = Progress(job_spec.trial_count(), job_spec.search.metric, _need(job_spec.resources.cpus, gpus))
+        tuner = _new_tuner(job_spec, trainable, path, filesystem, progress)
     with _StopSignals(run_id) as stop:
         grid = tuner.fit()
     if stop.signum is not None:
@@ -164,13 +165,17 @@ def _check_resources(job_spec: JobSpec, gpus: float, joins_cluster: bool) -> Non
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         return
-    need = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
+    need = _need(cpus, gpus)
     largest = max((f"{r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs" for r in nodes), default="no nodes")
     if not joins_cluster:
         raise SpecError([f"resources: no node can hold a trial of {need} (got {largest} on this machine). "
                          "Lower resources.cpus or resources.gpus"])
     print(f"waiting: no node has {need} for a trial yet (largest: {largest}); trials start when the cluster adds one"
           + (" (resources.gpu_fallback: true runs them on the CPU instead)" if gpus else ""), flush=True)
+
+
+def _need(cpus: float, gpus: float) -> str:
+    return f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
 
 
 def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, progress: Progress) -> tune.Tuner:
@@ -263,12 +268,12 @@ def _resume(trial_path: str, filesystem: Any, device: Any) -> tuple[train.TrainS
     return None, f"no readable checkpoint ({', '.join(skipped)} unreadable): starting over" if skipped else ""
 
 
-def collect(job_spec: JobSpec, run_id: str, grid: Any) -> SweepResult:
-    """Plain records, one per trial, with every epoch it reported (see `_history`)."""
+def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tuple[str, dict[str, Any]]]]) -> SweepResult:
+    """Plain records, one per trial, with every epoch it reported (see `_history`); `checkpoints` are each
+    trial's `storage.checkpoint_folders`, in the grid's order."""
     trials = []
     metric, mode = job_spec.search.metric, job_spec.search.mode
-    for result in grid:
-        folders = storage.checkpoint_folders(result.filesystem, result.path, train.TRIAL_JSON)
+    for result, folders in zip(grid, checkpoints):
         rows = _history(result, folders[0][1] if folders else {})
         scored = [(meta["metrics"][metric], path) for path, meta in folders if metric in meta.get("metrics", {})]
         best = (max if mode == "max" else min)(scored)[1] if scored else ""
@@ -317,14 +322,13 @@ def _url(filesystem: Any, path: str) -> str:
     return f"s3://{path}" if filesystem is not None and filesystem.type_name == "s3" else path
 
 
-def _prune(job_spec: JobSpec, grid: Any) -> None:
+def _prune(job_spec: JobSpec, grid: Any, checkpoints: list[list[tuple[str, dict[str, Any]]]]) -> None:
     """Keep each finished trial's best k checkpoints and its newest; failed trials keep all, to resume from."""
     metric, keep = job_spec.search.metric, job_spec.checkpoints.keep
     sign = -1.0 if job_spec.search.mode == "max" else 1.0
-    for result in grid:
+    for result, folders in zip(grid, checkpoints):
         if result.error:
             continue
-        folders = storage.checkpoint_folders(result.filesystem, result.path, train.TRIAL_JSON)
         ranked = sorted(folders, key=lambda item: sign * item[1].get("metrics", {}).get(metric, -sign * float("inf")))
         kept = {path for path, _ in ranked[:keep]} | {path for path, _ in folders[:1]}
         storage.delete_folders(result.filesystem, [path for path, _ in folders if path not in kept])
