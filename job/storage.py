@@ -452,7 +452,7 @@ def _pointed_run_id(pointer: Any) -> str:
 
 
 def checkpoint_folders(filesystem: pyarrow.fs.FileSystem | None, trial_path: str, meta_name: str) -> list[tuple[str, dict[str, Any]]]:
-    """A trial's checkpoint folders with their JSON (`meta_name`), newest epoch first; unreadable ones are left out.
+    """A trial's checkpoint folders with their JSON (`meta_name`), newest epoch first; damaged ones are left out.
 
     Ordered by the epoch each JSON records, not by folder name: after a resume Tune numbers its folders
     from its last saved state, so a newer epoch can sit in a lower-numbered folder."""
@@ -461,7 +461,9 @@ def checkpoint_folders(filesystem: pyarrow.fs.FileSystem | None, trial_path: str
     found = []
     for info in infos:
         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            with contextlib.suppress(OSError, ValueError), filesystem.open_input_stream(f"{info.path}/{meta_name}") as source:
+            # A folder without its JSON is a cut upload; any other OSError is storage failing, which must
+            # not pass for "no checkpoint" (a trial would start over, a report would miss epochs).
+            with contextlib.suppress(FileNotFoundError, ValueError), filesystem.open_input_stream(f"{info.path}/{meta_name}") as source:
                 meta = json.loads(source.read())
                 found.append((info.path, meta))
     return sorted(found, key=lambda item: item[1].get("epoch", 0), reverse=True)

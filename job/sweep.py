@@ -59,9 +59,9 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
         grid = _fit(job_spec, gpus, f"{storage_path}/tune", filesystem, run_id)
         checkpoints = [storage.checkpoint_folders(r.filesystem, r.path, train.TRIAL_JSON) for r in grid]  # read once
         result = collect(job_spec, run_id, grid, checkpoints)
-        lost = [e for e in (getattr(r.error, "cause", None) or r.error for r in grid if r.error) if isinstance(e, OSError)]
+        lost = _lost(grid)
         if lost:  # storage went away for longer than the retries: no partial report; said below, the run is saved
-            raise OSError(str(lost[0]))
+            raise OSError(lost)
         if any(t.status == TERMINATED for t in result.trials):
             _prune(job_spec, grid, checkpoints)
             _commit(job_spec, store, result, filesystem, [(a["started_at"], a["wall_s"]) for a in writer.attempts])
@@ -260,7 +260,7 @@ def _resume(trial_path: str, filesystem: Any, device: Any) -> tuple[train.TrainS
         try:
             with tune.Checkpoint(path, filesystem).as_directory() as folder:
                 state, _, _ = train.load_checkpoint(Path(folder), device)
-        except (UserError, OSError):
+        except (UserError, FileNotFoundError):  # damaged or cut short; storage failing raises (the trial retries)
             skipped.append(path.rsplit("/", 1)[-1])
             continue
         unreadable = f" ({', '.join(skipped)} unreadable)" if skipped else ""
@@ -282,13 +282,32 @@ def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tu
             trial_id=metrics.get("trial_id", Path(result.path).name),
             variant=config.get(VARIANT, "?"),
             params={k: v for k, v in config.items() if k != VARIANT},
-            status="ERROR" if result.error else TERMINATED,
+            status=TERMINATED if _finished(result) else "ERROR",
             epochs=[EpochMetrics.from_dict(row) for row in rows],
             node=str(metrics.get(NODE, "")),
             checkpoint=best,
-            error=_error_line(result) if result.error else "",
+            error="" if _finished(result) else _error_line(result),
         ))
     return SweepResult(job_spec.name, run_id, job_spec.search.metric, trials)
+
+
+def _finished(result: Any) -> bool:
+    """Tune sets `done` on a trial's last result when its function returned or the scheduler stopped it.
+    Not `result.error is None`: Tune reads the error back from storage, and an error whose file never
+    got there (storage down when the trial failed) reads as no error at all."""
+    return bool((result.metrics or {}).get("done")) and result.error is None
+
+
+def _lost(grid: Any) -> str | None:
+    """Why the run cannot be committed yet though it may be resumed: a trial failed on storage, or one
+    stopped unfinished with no error Tune could read back (its error file never reached storage)."""
+    for result in grid:
+        err = getattr(result.error, "cause", None) or result.error
+        if isinstance(err, OSError):
+            return str(err)
+        if err is None and not _finished(result):
+            return f"trial {Path(result.path).name} stopped unfinished and its error log did not reach storage"
+    return None
 
 
 def _history(result: Any, newest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -311,6 +330,8 @@ def _error_line(result: Any) -> str:
     err = getattr(result.error, "cause", None) or result.error
     if isinstance(err, UserError):
         text = "; ".join(err.problems)
+    elif err is None:
+        text = "stopped unfinished; its error log did not reach storage"
     else:
         lines = [line for line in str(err).splitlines() if line.strip()]
         text = f"{type(err).__name__}: {lines[0] if lines else ''}"
@@ -327,7 +348,7 @@ def _prune(job_spec: JobSpec, grid: Any, checkpoints: list[list[tuple[str, dict[
     metric, keep = job_spec.search.metric, job_spec.checkpoints.keep
     sign = -1.0 if job_spec.search.mode == "max" else 1.0
     for result, folders in zip(grid, checkpoints):
-        if result.error:
+        if not _finished(result):
             continue
         ranked = sorted(folders, key=lambda item: sign * item[1].get("metrics", {}).get(metric, -sign * float("inf")))
         kept = {path for path, _ in ranked[:keep]} | {path for path, _ in folders[:1]}

@@ -100,7 +100,8 @@ class Sweep:
         manifest = json.loads(self.bucket.read(self.manifest_key(run_id)))
         assert manifest["run_id"] == run_id
         trials = {t["trial_id"]: (t["status"], t["epochs"]) for t in manifest["trials"]}
-        assert len(manifest["trials"]) == self.trials and set(trials.values()) == {("TERMINATED", self.epochs)}, trials
+        last = self.drivers[-1].tail() if self.drivers else ""
+        assert len(manifest["trials"]) == self.trials and set(trials.values()) == {("TERMINATED", self.epochs)}, f"{trials}\n{last}"
         self._assert_files_match(f"smoke/{run_id}", manifest)
         assert json.loads(self.bucket.read("smoke/latest.json"))["run_id"] == run_id
         verify = subprocess.run([sys.executable, "-m", "job", "results", f"{self.uri}/smoke", "--verify"], env=self.env, cwd=REPO,

@@ -255,6 +255,37 @@ def test_a_sweep_whose_every_trial_fails_says_so_in_one_line_and_commits_nothing
     assert not [k for k in keys if k.endswith(("manifest.json", "latest.json"))], keys  # nothing claims results
 
 
+def test_a_failed_trial_whose_error_log_missed_storage_is_not_taken_for_finished(tmp_path: Path) -> None:
+    """Storage down when a trial fails: Tune's error file stays on the driver's disk, and Tune reads the
+    error back from storage, so the trial came back without one. Seen in CI after a 30 s outage: a run
+    committed with 'TERMINATED' trials of 0 and 1 epochs. Here a real failed run, its error files removed."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from job import sweep
+    from job.spec import load_spec
+
+    sets = [f"storage.uri={tmp_path / 'out'}", "optim.compile=true", "failures.max_retries=0", "search.space={}",
+            "variants={basic: {hidden: 8}}"]
+    done = run_sweep(["run", SMOKE, *[arg for item in sets for arg in ("--set", item)]],
+                     {**sweep_env(None, tmp_path), "CXX": "/bin/false"})
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    (tune_path,) = (tmp_path / "out" / "smoke").glob("*/tune")
+    spec = load_spec(SMOKE, sets)
+
+    def statuses() -> tuple[list[str], str | None]:
+        grid = ResultGrid(ExperimentAnalysis(str(tune_path)))
+        result = sweep.collect(spec, tune_path.parent.name, grid, [[] for _ in grid])
+        return [t.status for t in result.trials], sweep._lost(grid)
+
+    assert statuses() == (["ERROR"], None)  # an error Tune can read: a failed trial, nothing lost
+    logs = list(tune_path.glob("*/error.*"))
+    assert logs, sorted(p.name for p in tune_path.rglob("*"))
+    for log in logs:
+        log.unlink()
+    status, lost = statuses()
+    assert status == ["ERROR"] and lost and "error log did not reach storage" in lost, (status, lost)
+
+
 def test_a_trial_no_node_can_hold_is_refused_in_one_line(s3_server: str, tmp_path: Path) -> None:
     done = run_sweep(["run", SMOKE, "--set", f"storage.uri={tmp_path / 'out'}", "--set", "resources.cpus=64"],
                      sweep_env(s3_server, tmp_path), timeout_s=120)
