@@ -14,10 +14,10 @@ import signal
 import sys
 from pathlib import Path
 
-from job.results import METRIC_MODES
+from job.results import METRIC_MODES, Regression, find_regression
 from job.spec import JobSpec, SpecError, TrialSpec, UserError, json_schema, load_spec, resolve_trial
 
-EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_WORSE = 0, 1, 2, 3  # 3: `results --fail-if-worse` found a regression
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--download-best", type=Path, metavar="DIR", help="download the best trial's checkpoint (verified against the manifest)")
     results.add_argument("--verify", action="store_true", help="re-hash every file of the run against its manifest; exit 1 when any differs")
     results.add_argument("--trend", type=Path, nargs="?", const=Path("trend.png"), metavar="PNG", help="plot the best metric across runs")
+    results.add_argument("--fail-if-worse", metavar="X", help="exit 3 when the newest committed run's best metric is worse than the "
+                         "best earlier run's by more than X (in the metric's units, e.g. 1.0 for one point of test_acc)")
     return parser
 
 
@@ -159,6 +161,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from job import report, storage
 
+    tolerance = _tolerance(args.fail_if_worse)
     root, name = storage.split_sweep_uri(args.uri)
     store = storage.Store(root, storage.StorageSettings.from_env(os.environ))
     store.check(create=False)  # a dead endpoint: one line in seconds, before pyarrow's patient retries
@@ -168,9 +171,11 @@ def cmd_results(args: argparse.Namespace) -> int:
     rows = [_run_row(r) for r in runs]
     print(report.format_table(rows, ["run_id", "status", "trials", "metric", "best"]))
     committed = [r for r in rows if r["status"] == "committed" and r["best"] != ""]
+    metric = committed[-1]["metric"] if committed else "test_acc"
+    points = [(r["run_id"], r["best"]) for r in committed if r["metric"] == metric]  # runs that chose another metric don't compare
+    regression = _regression(tolerance, points, metric)
     if args.trend:
-        metric = committed[-1]["metric"] if committed else "test_acc"
-        print(f"trend: {report.render_trend([(r['run_id'], r['best']) for r in committed], metric, args.trend)}")
+        print(f"trend: {report.render_trend(points, metric, args.trend, regression)}")
     run_id = args.run or store.latest(name) or (committed[-1]["run_id"] if committed else None)
     manifest = store.read_manifest(name, run_id) if run_id else None
     if manifest is None:
@@ -183,7 +188,36 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.download_best:
         store.download_verified(name, run_id, manifest, "report/best", args.download_best)
         print(f"best checkpoint ({manifest.best_trial}) -> {args.download_best}; evaluate: sweep train --evaluate {args.download_best}")
+    if regression is not None:
+        print(f"error: {regression.line(metric)}", file=sys.stderr)
+        return EXIT_WORSE
     return EXIT_OK
+
+
+def _tolerance(text: str | None) -> float | None:
+    """`--fail-if-worse X`: how much worse the newest run may be, in the metric's units."""
+    if text is None:
+        return None
+    try:
+        tolerance = float(text)
+    except ValueError:
+        tolerance = -1.0
+    if not 0 <= tolerance < float("inf"):
+        raise SpecError([f"--fail-if-worse: not a number >= 0 (got {text!r}). Give how much worse the newest run's best "
+                         "metric may be than the best earlier run's, in the metric's units, e.g. --fail-if-worse 1.0"])
+    return tolerance
+
+
+def _regression(tolerance: float | None, points: list[tuple[str, float]], metric: str) -> Regression | None:
+    """The newest run against the best earlier one; says the outcome when there is none."""
+    if tolerance is None:
+        return None
+    regression = find_regression(points, metric, tolerance)
+    if regression is None and len(points) < 2:
+        print(f"fail-if-worse: {len(points)} committed run(s) with {metric}: nothing to compare yet")
+    elif regression is None:
+        print(f"fail-if-worse: run {points[-1][0]} best {metric} {points[-1][1]:g} is within {tolerance:g} of the best earlier run")
+    return regression
 
 
 def _verified(problems: list[str], files: int) -> bool:

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from job.results import EPOCH, EPOCH_S, SAMPLES_PER_S, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, SweepResult, TrialResult
+from job.results import EPOCH, EPOCH_S, SAMPLES_PER_S, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, Regression, SweepResult, TrialResult
 
 # Every PNG is FIGURE_SIZE_IN at DPI: 8 x 5 in at 100 dpi = 800 x 500 px (tests decode and check it).
 FIGURE_SIZE_IN = (8.0, 5.0)
@@ -87,8 +87,9 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
-def render_trend(points: list[tuple[str, float]], metric: str, out_png: Path) -> Path:
-    """The best value of `metric` in each committed run, oldest first: the scheduled-sweep view."""
+def render_trend(points: list[tuple[str, float]], metric: str, out_png: Path, regression: Regression | None = None) -> Path:
+    """The best value of `metric` in each committed run, oldest first: the scheduled-sweep view. A
+    regression (`--fail-if-worse`) marks the newest run and draws the bound it crossed."""
     fig, ax = _figure()
     ax.plot(range(len(points)), [v for _, v in points], color=ACC_COLOR, marker="o")
     ticks = range(0, len(points), max(1, len(points) // TREND_LABELS))
@@ -97,6 +98,14 @@ def render_trend(points: list[tuple[str, float]], metric: str, out_png: Path) ->
     ax.grid(linestyle="--", color=GRID_COLOR)
     if not points:
         ax.text(0.5, 0.5, "no committed runs", ha="center", va="center", transform=ax.transAxes)
+    if regression is not None:
+        color = "darkorange"  # apart from the curve's dark red
+        sign = -1.0 if regression.value < regression.baseline else 1.0  # below for accuracies, above for losses
+        bound = regression.baseline + sign * regression.allowed
+        ax.axhline(bound, color=color, linestyle=":", label=f"allowed: {bound:g} (best earlier {regression.baseline:g}, run {regression.baseline_run})")
+        ax.plot([len(points) - 1], [regression.value], color=color, marker="X", markersize=14, linestyle="",
+                label=f"regression: {regression.worse_by:g} worse")
+        ax.legend(loc="best", fontsize=8)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, out_png)
 

@@ -100,6 +100,35 @@ class SweepResult:
         return ranked[0] if ranked and ranked[0].epochs and ranked[0].status == "TERMINATED" else None
 
 
+@dataclass(frozen=True)
+class Regression:
+    """The newest committed run's best metric fell behind the best earlier run's by more than allowed."""
+
+    run_id: str
+    value: float
+    baseline_run: str
+    baseline: float
+    worse_by: float  # in the metric's units, always positive
+    allowed: float
+
+    def line(self, metric: str) -> str:
+        return (f"regression: run {self.run_id} best {metric} {self.value:g} is {self.worse_by:g} worse than "
+                f"run {self.baseline_run}'s {self.baseline:g} (allowed {self.allowed:g})")
+
+
+def find_regression(points: list[tuple[str, float]], metric: str, allowed: float) -> Regression | None:
+    """`points` are (run id, best value) of committed runs, oldest first: the last one against the best of
+    the others. A change of exactly `allowed` is still fine; fewer than two runs compare nothing."""
+    if len(points) < 2:
+        return None
+    *earlier, (run_id, value) = points
+    baseline = best_of([v for _, v in earlier], metric)
+    baseline_run = next(r for r, v in earlier if v == baseline)
+    # Rounded: 42.3 - 41.3 is 1.0000000000000036 in floats, which must not fail an allowance of 1.
+    worse_by = round(baseline - value if METRIC_MODES[metric] == "max" else value - baseline, 9)
+    return Regression(run_id, value, baseline_run, baseline, worse_by, allowed) if worse_by > allowed else None
+
+
 # --- the manifest: what a committed run vouches for -----------------------------------------------
 
 

@@ -199,17 +199,24 @@ def test_every_command_is_one_the_cli_accepts_with_a_valid_spec() -> None:
     from job.cli import build_parser
 
     commands = _commands()
-    assert {cmd[1] for cmd in commands} == {"run", "submit"}, commands
+    assert {cmd[1] for cmd in commands} == {"run", "submit", "results"}, commands
+    sweeps, checks = set(), []
     for command in commands:
         assert command[0] == "sweep", command
         args = build_parser().parse_args(command[1:])
+        if args.verb == "results":
+            checks.append(args)
+            continue
         job = load_spec(_in_repo(args.spec), args.overrides)
         assert job.storage.uri.startswith("s3://"), f"{command}: a cluster run needs S3 storage"
+        sweeps.add(f"{job.storage.uri}/{job.name}")
+    # The regression check reads the runs the scheduled sweeps write.
+    assert checks and all(a.uri in sweeps and float(a.fail_if_worse) > 0 and a.trend for a in checks), (checks, sweeps)
 
 
 def test_the_cronjob_submits_to_the_raycluster_with_its_token() -> None:
     (cluster,) = _of_kind("RayCluster")
-    (cronjob,) = _of_kind("CronJob")
+    (cronjob,) = [d for d in _docs_in(DEPLOY / "k8s") if d["kind"] == "CronJob"]
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     (container,) = _containers(cronjob)
     assert "command" not in container, "args keep the image's entrypoint: tini passes the pod's SIGTERM on"
@@ -250,6 +257,24 @@ def test_ray_pods_read_storage_credentials_from_a_mounted_secret_file() -> None:
                 env = {e["name"]: e.get("value") for e in container["env"]}
                 assert env["AWS_SHARED_CREDENTIALS_FILE"] == f"{mounts['s3-credentials']['mountPath']}/credentials", where
                 assert [e["configMapRef"]["name"] for e in container["envFrom"]] == ["sweep-job-s3"], where
+
+
+def test_the_regression_check_fails_its_job_at_once_on_exit_3_after_the_nightly_sweeps() -> None:
+    (check,) = _docs_in(DEPLOY / "regression")
+    job = check["spec"]["jobTemplate"]["spec"]
+    (rule,) = job["podFailurePolicy"]["rules"]
+    (container,) = _containers(check)
+    assert rule["action"] == "FailJob" and rule["onExitCodes"] == {"containerName": container["name"], "operator": "In", "values": [3]}
+    assert job["template"]["spec"]["restartPolicy"] == "Never" and "command" not in container
+    pod = job["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["s3-credentials"]["secret"]["secretName"] == "sweep-job-s3"
+    assert {e["name"]: e["value"] for e in container["env"]} == {"AWS_SHARED_CREDENTIALS_FILE": "/etc/sweep-job/aws/credentials"}
+    # After the sweeps' start plus their deadline, on the same days.
+    minute, hour, *days = check["spec"]["schedule"].split()
+    for sweep in _of_kind("RayCronJob") + [d for d in _of_kind("CronJob") if d["metadata"]["name"] != check["metadata"]["name"]]:
+        s_minute, s_hour, *s_days = sweep["spec"]["schedule"].split()
+        deadline_s = _walk(sweep, "activeDeadlineSeconds")[0]
+        assert days == s_days and int(hour) * 60 + int(minute) >= int(s_hour) * 60 + int(s_minute) + deadline_s / 60, sweep["metadata"]["name"]
 
 
 def test_no_manifest_puts_s3_keys_in_environment_variables() -> None:
