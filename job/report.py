@@ -1,12 +1,12 @@
-"""Curves and tables from a sweep's results: leaderboard and metrics CSVs, per-trial and comparison
-PNGs, a self-contained report.html, console tables, and the trend across runs. The only matplotlib
-code (object API, Agg canvas, never pyplot). Must not read or write outside its output folder."""
+"""Curves and tables from a sweep's results: leaderboard and metrics CSVs, per-trial, comparison and
+search PNGs, the self-contained report.html (its markup in `report_html`), console tables, and the trend
+across runs. The only matplotlib code (object API, Agg canvas, never pyplot). Must not read or write
+outside its output folder."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
+import io
 import json
 import re
 import statistics
@@ -18,20 +18,25 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from job.results import EPOCH, EPOCH_S, SAMPLES_PER_S, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, Regression, SweepResult, TrialResult
+from job import report_html
+from job.report_html import cell_text, is_number, searched_paths
+from job.results import EPOCH, EPOCH_S, SAMPLES_PER_S, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, Manifest, Regression, SweepResult, TrialResult
 
 # Every PNG is FIGURE_SIZE_IN at DPI: 8 x 5 in at 100 dpi = 800 x 500 px (tests decode and check it).
 FIGURE_SIZE_IN = (8.0, 5.0)
 DPI = 100
 FIGURE_SIZE_PX = (int(FIGURE_SIZE_IN[0] * DPI), int(FIGURE_SIZE_IN[1] * DPI))  # (width, height)
+SEARCH_SIZE_IN = (6.0, 4.0)  # smaller: several sit side by side in the page's grid
+MARKED_VALUES = 8  # a searched field with at most this many values gets a tick at each
 ACC_COLOR, LOSS_COLOR, GRID_COLOR = "darkred", "darkblue", "lavender"  # the seed notebook's plot
 MARKERS_UP_TO = 10  # epochs; longer curves are plain lines like the seed's
 TREND_LABELS = 12  # run ids written under the trend plot, at most; more would overlap
 METRICS_COLUMNS = ["trial_id", "variant", "params", EPOCH, TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC, EPOCH_S, SAMPLES_PER_S, "device"]
 
 
-def render(result: SweepResult, out: Path, spec: dict[str, Any]) -> list[Path]:
-    """Write the run's report into `out`; returns the paths written (the layout in DESIGN.md)."""
+def render(result: SweepResult, out: Path, spec: dict[str, Any], manifest: Manifest | None = None) -> list[Path]:
+    """Write the run's report into `out`; returns the paths written (the layout in DESIGN.md). `manifest`
+    (versions, attempts) fills the page's header; without it the header says what it lacks."""
     out.mkdir(parents=True, exist_ok=True)
     rows = leaderboard_rows(result)
     columns = list(_leaderboard_row(TrialResult("", "", {}, ""), "", result.metric))  # the header even with no trials
@@ -40,7 +45,13 @@ def render(result: SweepResult, out: Path, spec: dict[str, Any]) -> list[Path]:
     curves = {t.trial_id: _save(_curve_figure(t), out / "curves" / f"{_file_name(t.trial_id)}.png") for t in result.ranked() if t.epochs}
     written += [*curves.values(), _save(_compare_figure(result), out / "compare.png")]
     page = out / "report.html"
-    page.write_text(_html(result, spec, rows, written[-1], curves), encoding="utf-8")
+    pictures = report_html.Pictures(
+        compare=written[-1].read_bytes(),
+        curves={tid: path.read_bytes() for tid, path in curves.items()},
+        search={path: _png(fig) for path, fig in search_figures(result, spec).items()},
+    )
+    downloads = {p.name: p.read_bytes() for p in written[:2]}  # the CSVs, whole
+    page.write_text(report_html.html_page(result, spec, manifest, pictures, downloads), encoding="utf-8")
     return [*written, page]
 
 
@@ -77,9 +88,9 @@ def _metrics_rows(result: SweepResult) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain-text table for the console: numbers right-aligned, missing cells blank."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[cell_text(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    numeric = [all(_is_number(row.get(c)) or row.get(c) in (None, "") for row in rows) for c in columns]
+    numeric = [all(is_number(row.get(c)) or row.get(c) in (None, "") for row in rows) for c in columns]
 
     def line(values: list[str]) -> str:
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
@@ -136,8 +147,7 @@ def _curve_figure(trial: TrialResult) -> Figure:
 def _compare_figure(result: SweepResult) -> Figure:
     """Every trial's test accuracy against epochs, one colour per variant; the best trial drawn thicker."""
     fig, ax = _figure()
-    variants = sorted({t.variant for t in result.trials})
-    colors = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    colors = _variant_colors(result)
     best = result.best_trial()
     labelled: set[str] = set()
     for trial in result.ranked():
@@ -156,6 +166,66 @@ def _compare_figure(result: SweepResult) -> Figure:
     return fig
 
 
+def search_figures(result: SweepResult, spec: dict[str, Any]) -> dict[str, Figure]:
+    """Per searched hyperparameter: each trial's best metric against its value, one colour per variant
+    (the compare plot's), the run's best trial ringed. Log-uniform fields get a log axis."""
+    logs = log_uniform_paths(spec)
+    return {path: _search_figure(result, path, path in logs) for path in searched_paths(result)}
+
+
+def log_uniform_paths(spec: dict[str, Any]) -> set[str]:
+    """Dotted paths drawn log-uniformly: in `search.space`, or in a variant's own `search` (a space, or a
+    mapping with one under `space`)."""
+    spaces = [spec.get("search", {}).get("space", {})]
+    for variant in spec.get("variants", {}).values():
+        own = variant.get("search") if isinstance(variant, dict) else None
+        spaces += [own.get("space", own)] if isinstance(own, dict) else []
+    return {path for space in spaces for path, domain in space.items() if isinstance(domain, dict) and "loguniform" in domain}
+
+
+def _search_figure(result: SweepResult, path: str, log: bool) -> Figure:
+    fig = Figure(figsize=SEARCH_SIZE_IN, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    trials = [t for t in result.trials if t.epochs and path in t.params]
+    numeric = all(is_number(t.params[path]) for t in trials)
+    labels = sorted({cell_text(t.params[path]) for t in trials}) if not numeric else []
+    colors = _variant_colors(result)
+    spread = 0.5 / max(1, len(colors))  # categorical values: variants side by side around each tick
+
+    def x(trial: TrialResult) -> float:
+        value = trial.params[path]
+        return value if numeric else labels.index(cell_text(value)) + spread * (list(colors).index(trial.variant) - (len(colors) - 1) / 2)
+
+    for variant, color in colors.items():
+        mine = [t for t in trials if t.variant == variant]
+        if mine:
+            ax.scatter([x(t) for t in mine], [t.best(result.metric) for t in mine], color=color, s=40, alpha=0.85, label=variant)
+    best = result.best_trial()
+    if best is not None and best in trials:
+        ax.scatter([x(best)], [best.best(result.metric)], s=220, facecolors="none", edgecolors="black", linewidths=1.5, label="best trial")
+    if log and numeric and all(t.params[path] > 0 for t in trials):
+        ax.set_xscale("log")
+    if labels:
+        ax.set_xticks(range(len(labels)), labels)
+    elif ax.get_xscale() == "linear" and len({t.params[path] for t in trials}) <= MARKED_VALUES:
+        ax.set_xticks(sorted({t.params[path] for t in trials}))  # a grid's few values, not round numbers between them
+    ax.set(xlabel=path + (" (log scale)" if ax.get_xscale() == "log" else ""), ylabel=f"best {result.metric}")
+    ax.grid(linestyle="--", color=GRID_COLOR)
+    if trials:
+        fig.legend(loc="outside right upper", fontsize=8, title="variant", title_fontsize=8)  # beside: never over a point
+    return fig
+
+
+def _variant_colors(result: SweepResult) -> dict[str, str]:
+    return {v: f"C{i % 10}" for i, v in enumerate(sorted({t.variant for t in result.trials}))}
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    return buffer.getvalue()
+
+
 def _save(fig: Figure, path: Path) -> Path:
     """Render at exactly FIGURE_SIZE_PX: the canvas's own print_png ignores any savefig bbox settings."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,43 +241,12 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pa
     return path
 
 
-def _html(result: SweepResult, spec: dict[str, Any], rows: list[dict[str, Any]], compare: Path, curves: dict[str, Path]) -> str:
-    """One file with everything inline (images as data URIs): it opens straight from a bucket."""
-    columns = list(rows[0]) if rows else []
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in columns) + "</tr>\n" for r in rows)
-    figures = "".join(f"<figure>{_img(p)}<figcaption>{html.escape(tid)}</figcaption></figure>\n" for tid, p in curves.items())
-    title = html.escape(f"{result.name} {result.run_id}")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#f3f3f8}} img{{max-width:100%}}
-figure{{display:inline-block;margin:0 1em 1em 0}} pre{{background:#f6f6f6;padding:1em}}</style></head>
-<body><h1>{title}</h1>
-<p>{len(result.trials)} trials, ranked by best {html.escape(result.metric)} ({result.mode}).</p>
-<h2>Leaderboard</h2>
-<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>
-{body}</tbody></table>
-<h2>All trials</h2>
-{_img(compare)}
-<h2>Curves</h2>
-{figures}<h2>Spec</h2>
-<pre>{html.escape(json.dumps(spec, indent=2))}</pre>
-</body></html>
-"""
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
-
-
 def _file_name(trial_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id)
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_cell(v)}" for k, v in sorted(params.items())) or "(no search params)"
+    return ", ".join(f"{k}={cell_text(v)}" for k, v in sorted(params.items())) or "(no search params)"
 
 
 def _compact(value: Any) -> str:
@@ -216,17 +255,3 @@ def _compact(value: Any) -> str:
 
 def _blank(value: float | None) -> float | str:
     return "" if value is None else value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return _compact(value)
-    return str(value)

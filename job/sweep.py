@@ -359,12 +359,13 @@ def _commit(job_spec: JobSpec, store: Store, result: SweepResult, filesystem: An
     """Render the report, add the best checkpoint, and commit it: the manifest goes last. `attempts` is
     (started_at ISO 8601 UTC, wall_s) per driver that ran the run."""
     best = result.best_trial()
+    manifest = _manifest(job_spec, result, attempts)  # its versions and wall time head the report page
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
-        report.render(result, out, job_spec.model_dump(mode="json"))
+        report.render(result, out, manifest.spec, manifest)
         if best is not None and best.checkpoint:
             tune.Checkpoint(best.checkpoint, filesystem).to_directory(str(out / "best"))
-        return store.commit_run(job_spec.name, result.run_id, out, _manifest(job_spec, result, attempts))
+        return store.commit_run(job_spec.name, result.run_id, out, manifest)
 
 
 def _manifest(job_spec: JobSpec, result: SweepResult, attempts: list[tuple[str, float]]) -> Manifest:

@@ -9,12 +9,13 @@ import pytest
 
 JOB = Path(__file__).resolve().parents[1] / "job"
 
-LEVELS = {"spec": 0, "results": 0, "data": 1, "models": 1, "storage": 1, "report": 1, "lease": 2, "train": 2, "sweep": 3, "submit": 3, "cli": 4}
+LEVELS = {"spec": 0, "results": 0, "data": 1, "models": 1, "storage": 1, "report_html": 0, "report": 1, "lease": 2, "train": 2, "sweep": 3, "submit": 3, "cli": 4}
 ENTRY = {"__init__", "__main__"}
 # (importer, imported) pairs allowed against the levels, and why
 EXCEPTIONS = {
     ("data", "storage"),  # s3:// mirrors of CIFAR-10 need the S3 client; imported inside a function
     ("spec", "results"),  # the metric names and their modes are defined once, in results (which imports nothing)
+    ("report_html", "results"),  # the page's markup is built from the plain records; report.py draws the PNGs
 }
 # third-party roots -> the only modules that may import them
 CONFINED = {
@@ -24,7 +25,7 @@ CONFINED = {
     "pyarrow": {"storage"},
     "matplotlib": {"report"},
 }
-NO_TORCH = {"spec", "results", "storage", "report", "lease", "submit"}
+NO_TORCH = {"spec", "results", "storage", "report", "report_html", "lease", "submit"}
 
 
 def source(module: str) -> ast.Module:
