@@ -219,6 +219,43 @@ class StorageSpec(Strict):
     uri: str = Field("results", min_length=1, description="s3://bucket/prefix or a local folder; endpoint and keys from env")
 
 
+# --- tracking: where teams already look (optional extras, Ray's own logger callbacks) --------------
+
+
+class MLflowSpec(Strict):
+    """One MLflow run per trial (`pip install 'sweep-job[mlflow]'`). Credentials come from the environment
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN), never from here."""
+
+    tracking_uri: str | None = Field(None, min_length=1, max_length=2048, description="http(s)://host:5000, sqlite:///path/mlflow.db "
+                                     "(a path on the driver's node), databricks, ...; default: MLFLOW_TRACKING_URI")
+    experiment: str | None = Field(None, min_length=1, max_length=500, description="MLflow experiment, created when missing "
+                                   "(default: the spec's name)")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        if uri is not None and "@" in uri.partition("://")[2].partition("/")[0]:
+            raise ValueError("tracking.mlflow.tracking_uri: holds credentials (got '<user>:<secret>@...'). Put them in "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+        return uri
+
+
+class WandbSpec(Strict):
+    """One W&B run per trial (`pip install 'sweep-job[wandb]'`), grouped by sweep run. The API key comes
+    from WANDB_API_KEY, never from here."""
+
+    project: str = Field(min_length=1, max_length=128, description="W&B project")
+    mode: Literal["online", "offline"] = Field("online", description="offline: no account needed; upload later with "
+                                               "`wandb sync <dir>/wandb/offline-run-*`")
+    dir: str = Field(".", min_length=1, max_length=1024, description="folder on the driver's node where W&B writes its run "
+                     "folders (<dir>/wandb/...); relative to where `sweep run` starts")
+
+
+class TrackingSpec(Strict):
+    mlflow: MLflowSpec | None = Field(None, description="log every trial to MLflow")
+    wandb: WandbSpec | None = Field(None, description="log every trial to Weights & Biases")
+
+
 class JobSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="names the run's folder in storage")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -230,6 +267,7 @@ class JobSpec(Strict):
     checkpoints: CheckpointsSpec = Field(default_factory=CheckpointsSpec)
     failures: FailuresSpec = Field(default_factory=FailuresSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="experiment trackers each trial logs to")
 
     @model_validator(mode="after")
     def _check_variants(self) -> JobSpec:

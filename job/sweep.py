@@ -190,7 +190,7 @@ def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, pr
         # k once the state no longer needs the others.
         checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=search.metric, checkpoint_score_order=search.mode),
         failure_config=tune.FailureConfig(max_failures=job_spec.failures.max_retries),
-        callbacks=[progress],
+        callbacks=[progress, *_tracking_callbacks(job_spec, path)],
         verbose=0,
     )
     tune_config = tune.TuneConfig(
@@ -228,6 +228,53 @@ def _scheduler(job_spec: JobSpec) -> Any:
         )
     return FIFOScheduler()
 
+
+def _tracking_callbacks(job_spec: JobSpec, tune_path: str) -> list[Any]:
+    """Ray's own logger callbacks for the spec's `tracking`: one MLflow or W&B run per trial with its
+    config (variant and searched values) as parameters and every epoch's metrics. Checked here, in the
+    driver, before any trial starts; credentials stay in the environment, where MLflow and W&B read them."""
+    import importlib.util
+
+    tracking, run_id = job_spec.tracking, tune_path.rsplit("/", 2)[-2]  # <uri>/<name>/<run_id>/tune
+    missing = [name for name in ("mlflow", "wandb") if getattr(tracking, name) is not None and importlib.util.find_spec(name) is None]
+    if missing:
+        # Not a SpecError: run_sweep would call it a storage-side stop to resume from.
+        raise UserError([f"tracking.{name}: the {name} package is not installed (got tracking.{name} set). "
+                         f"pip install 'sweep-job[{name}]', or remove tracking.{name} from the spec" for name in missing])
+    return ([_mlflow_logger(job_spec, run_id)] if tracking.mlflow else []) + ([_wandb_logger(job_spec, run_id)] if tracking.wandb else [])
+
+
+def _mlflow_logger(job_spec: JobSpec, run_id: str) -> Any:
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines about database tables would interleave with progress
+    spec = job_spec.tracking.mlflow
+    # The optim settings no trial varies are the same for every run: tags; the searched ones are each run's params.
+    fixed = {f"optim.{k}": str(v) for k, v in job_spec.optim.model_dump().items() if f"optim.{k}" not in job_spec.search.space}
+    return MLflowLoggerCallback(tracking_uri=spec.tracking_uri, experiment_name=spec.experiment or job_spec.name,
+                                tags={"sweep_job.name": job_spec.name, "sweep_job.run_id": run_id, **fixed})
+
+
+def _wandb_logger(job_spec: JobSpec, run_id: str) -> Any:
+    import os
+
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    spec = job_spec.tracking.wandb
+    if spec.mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"  # Ray's callback asks for an API key unless this says offline; `mode` reaches wandb.init only
+    # Absolute: the logging actor (on this node) works in the trial's staging folder, which Tune may upload
+    # before W&B has finished writing there. Tune's default group is the experiment folder's name, `tune`
+    # for every sweep: one group per run instead.
+    folder = Path(spec.dir).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    callback = WandbLoggerCallback(project=spec.project, group=f"{job_spec.name}/{run_id}", mode=spec.mode, dir=str(folder))
+    try:
+        callback.setup()  # Tune calls it again; here a missing key is one line before any trial starts
+    except ValueError:
+        raise UserError(["tracking.wandb: no W&B API key (got mode online). Set WANDB_API_KEY or run `wandb login` "
+                         "on the driver's node, or use tracking.wandb.mode: offline"]) from None
+    return callback
 
 def run_trial(config: dict[str, Any], job_spec: JobSpec, gpus: float, tune_path: str, filesystem: Any) -> None:
     """Tune's trainable: rebuild a validated trial spec, resume from the newest good checkpoint, report each epoch."""
