@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except sweep.Interrupted as stop:
         print(f"interrupted: run {stop.run_id} saved; rerun the same command to resume", flush=True)
         _exit_now(128 + stop.signum, keys)
-    failed = [t for t in result.trials if t.status != "TERMINATED"]
+    failed = [t for t in result.trials if t.status == "ERROR"]  # STOPPED: the time budget ran out, as asked
     if failed and len(failed) == len(result.trials):
         print(f"error: all {len(failed)} trials failed; the first: {failed[0].error}. "
               "Fix the cause and rerun the same command: the trials resume from their last checkpoints", file=sys.stderr)
@@ -183,6 +183,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(f"\nleaderboard of {run_id} (best first by {manifest.metric}):")
     trials = [{**t, **{f"best_{k}": v for k, v in t["best"].items()}} for t in manifest.to_dict()["trials"]]
     print(report.format_table(trials, ["trial_id", "variant", "params", "status", "epochs", "best_test_acc", "best_test_loss"]))
+    if manifest.ended_by:
+        print(f"ended early: {manifest.ended_by}; STOPPED trials did not finish")
     if args.verify and not _verified(store.verify_run(name, run_id, manifest), len(manifest.files)):
         return EXIT_FAILED
     if args.download_best:

@@ -106,7 +106,8 @@ def header_facts(result: SweepResult, manifest: Manifest | None) -> list[tuple[s
     unfinished = len(result.trials) - statuses["TERMINATED"]
     facts = [
         ("sweep", result.name), ("run", result.run_id),
-        ("status", f"{unfinished} of {len(result.trials)} trials did not finish" if unfinished else "complete: every trial finished"),
+        ("status", f"ended early: {result.ended_by}" if result.ended_by else
+         f"{unfinished} of {len(result.trials)} trials did not finish" if unfinished else "complete: every trial finished"),
         ("trials", f"{len(result.trials)} (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")"),
         ("ranked by", f"best {result.metric} ({'higher' if result.mode == 'max' else 'lower'} is better)"),
     ]

@@ -79,6 +79,7 @@ class SweepResult:
     run_id: str
     metric: str
     trials: list[TrialResult]
+    ended_by: str = ""  # why the sweep ended before every trial finished, e.g. its time budget ran out
 
     @property
     def mode(self) -> Literal["min", "max"]:
@@ -184,6 +185,7 @@ class Manifest:
     best_trial: str | None  # None: no trial finished with a result
     trials: tuple[TrialSummary, ...]  # best first
     attempts: tuple[Attempt, ...]
+    ended_by: str = ""  # why the run ended before every trial finished, e.g. its time budget ran out
     files: tuple[FileEntry, ...] = ()  # filled in by the commit
     committed_at: str = ""
     schema_version: int = MANIFEST_SCHEMA_VERSION

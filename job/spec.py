@@ -174,10 +174,25 @@ class SearchSpec(Strict):
     samples: int = Field(1, ge=1, le=10_000, description="repeats of the whole space (random domains drawn anew)")
     scheduler: SchedulerSpec = Field(default_factory=FifoSpec)
     metric: Literal["test_acc", "test_loss", "train_acc", "train_loss"] = Field("test_acc", description="mode follows from it")
+    algorithm: Literal["random", "optuna"] = Field(
+        "random", description="random: grid points crossed, random domains drawn; optuna: TPE (pip install 'sweep-job[optuna]') "
+        "learning from finished trials, `samples` trials per variant")
+    max_concurrent: int | None = Field(None, ge=1, le=10_000, description="trials at once (default: as many as resources "
+                                       "fit); an optuna search learns from more finished trials with fewer")
+    time_budget_s: float | None = Field(None, gt=0, description="wall seconds for the whole sweep, across resumes: then "
+                                        "running trials stop and the report shows what finished")
+    trial_timeout_s: float | None = Field(None, gt=0, description="training seconds per trial: it stops at its first epoch "
+                                          "past that and counts as finished")
 
     @model_validator(mode="after")
     def _check_space(self) -> SearchSpec:
         problems = []
+        if self.algorithm == "optuna":
+            problems += [f"{dotted(['search', 'space', path])}: grid cannot be searched by search.algorithm optuna. "
+                         f"Use {{choice: {domain.grid}}}" for path, domain in self.space.items() if isinstance(domain, Grid)]
+            if not self.space:
+                problems.append("search.space: search.algorithm optuna needs at least one domain to search. "
+                                "Add one, or use search.algorithm random")
         for path, domain in self.space.items():
             where = _dotted(["search", "space", path])
             if path not in SEARCHABLE:

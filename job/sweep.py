@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import platform
 import secrets
+import os
 import signal
 import tempfile
+import threading
 import time
 from importlib.metadata import version
 from datetime import datetime, timezone
@@ -19,18 +21,18 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from job import data, lease, report, storage, train
+from job import data, lease, report, search, storage, train
 from job.results import EPOCH, METRIC_MODES, Attempt, EpochMetrics, Manifest, SweepResult, TrialResult, TrialSummary, best_of
-from job.spec import Choice, Grid, JobSpec, LogUniform, SpecError, Uniform, UserError, resolve_trial
+from job.search import VARIANT
+from job.spec import JobSpec, SpecError, UserError, resolve_trial
 from job.storage import Store
 
-VARIANT = "variant"  # the config key that selects the variant; every other key is a dotted spec path
 NODE = "node"
 NOTE = "note"  # a line about where a resumed trial started, printed by the progress callback
 REPLAY = "replay"  # set on the one result a trial that had already finished reports again after a restart
-TERMINATED = "TERMINATED"
+TERMINATED, ERROR = "TERMINATED", "ERROR"  # Tune's statuses of a finished and a failed trial
+STOPPED = "STOPPED"  # ours: stopped, or never started, when the sweep's time budget ran out
 
 
 class Interrupted(Exception):
@@ -45,6 +47,7 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
     """Run (or resume) the sweep, then commit the report to storage; returns the results."""
     store.check()
     data.prepare(job_spec.data)  # a missing or corrupt dataset is one error here, not one per trial
+    search.check(job_spec)
     _init_ray()
     gpus = _gpus_per_trial(job_spec, joins_cluster)
     _check_resources(job_spec, gpus, joins_cluster)
@@ -56,16 +59,20 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
     try:
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         print(f"{'resuming' if resuming else 'starting'} run {run_id} -> {store.url(f'{job_spec.name}/{run_id}')}", flush=True)
-        grid = _fit(job_spec, gpus, f"{storage_path}/tune", filesystem, run_id)
+        budget = job_spec.search.time_budget_s
+        spent = sum(a["wall_s"] for a in writer.attempts[:-1])  # earlier attempts of this run
+        grid, ended_by = _fit(job_spec, gpus, f"{storage_path}/tune", filesystem, run_id, None if budget is None else budget - spent)
         checkpoints = [storage.checkpoint_folders(r.filesystem, r.path, train.TRIAL_JSON) for r in grid]  # read once
-        result = collect(job_spec, run_id, grid, checkpoints)
-        lost = _lost(grid)
+        result = collect(job_spec, run_id, grid, checkpoints, ended_by)
+        lost = _lost(grid, stopped_ok=bool(ended_by))
         if lost:  # storage went away for longer than the retries: no partial report; said below, the run is saved
             raise OSError(lost)
-        if any(t.status == TERMINATED for t in result.trials):
+        if result.ended_by or any(t.status == TERMINATED for t in result.trials):
             _prune(job_spec, grid, checkpoints)
             _commit(job_spec, store, result, filesystem, [(a["started_at"], a["wall_s"]) for a in writer.attempts])
             print_summary(result, store.url(f"{job_spec.name}/{run_id}/report"))
+        if result.ended_by:
+            print(f"ended early: {result.ended_by}", flush=True)
         return result
     except (OSError, SpecError) as err:
         cause = err.problems[0] if isinstance(err, SpecError) else f"{store.uri}: storage failed ({' '.join(str(err).split())})"
@@ -74,8 +81,10 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
         writer.release()
 
 
-def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str) -> Any:
-    """Tune's fit, new or restored; SIGTERM and SIGINT stop it the way Tune's own SIGUSR1 does."""
+def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str, budget_s: float | None) -> tuple[Any, str]:
+    """Tune's fit, new or restored, and why it ended early ("" when every trial ran); SIGTERM and SIGINT
+    stop it the way Tune's own SIGUSR1 does, and so does the end of `budget_s`, the sweep's time left.
+    (Not Tune's `time_budget_s`: a restored Tuner would start that over with the budget whole.)"""
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, job_spec=job_spec, gpus=gpus, tune_path=path, filesystem=filesystem),
         {"cpu": job_spec.resources.cpus, "gpu": gpus},
@@ -86,28 +95,44 @@ def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str
     else:
         progress = Progress(job_spec.trial_count(), job_spec.search.metric, _need(job_spec.resources.cpus, gpus))
         tuner = _new_tuner(job_spec, trainable, path, filesystem, progress)
-    with _StopSignals(run_id) as stop:
+    with _StopSignals(run_id, budget_s) as stop:
         grid = tuner.fit()
     if stop.signum is not None:
         raise Interrupted(run_id, stop.signum)
-    return grid
+    budget = job_spec.search.time_budget_s
+    return grid, f"search.time_budget_s ({budget:g} s) ran out" if stop.out_of_time else ""
 
 
 class _StopSignals:
     """SIGTERM (docker stop, spot preemption) and SIGINT become Tune's SIGUSR1: trials stop, the
     experiment state is saved, and `fit` returns. Without this Ray's own SIGTERM handler exits the
-    driver mid-call and the core worker aborts with a stack dump."""
+    driver mid-call and the core worker aborts with a stack dump. A time budget ends the same way."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id, self.signum = run_id, None
+    def __init__(self, run_id: str, budget_s: float | None = None) -> None:
+        self.run_id, self.signum, self.budget_s = run_id, None, budget_s
+        self.out_of_time = False
+        self.done = threading.Event()
 
     def __enter__(self) -> _StopSignals:
         self.previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        if self.budget_s is not None:
+            threading.Thread(target=self._budget, daemon=True, name="sweep-budget").start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.done.set()
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+    def _budget(self) -> None:
+        if self.done.wait(max(self.budget_s, 0.0)):
+            return
+        while signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):  # Tune sets its handler as fit starts
+            if self.done.wait(0.1):
+                return
+        if self.signum is None:
+            self.out_of_time = True
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     def _stop(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
@@ -131,7 +156,7 @@ def _resumable_run(job_spec: JobSpec, store: Store) -> str | None:
             manifest = store.read_manifest(job_spec.name, run_id)
         except UserError:
             continue  # a damaged manifest: that run cannot be resumed, an older one may
-        if manifest is not None and all(t.status == TERMINATED for t in manifest.trials):
+        if manifest is not None and all(t.status in (TERMINATED, STOPPED) for t in manifest.trials):
             return None
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         if tune.Tuner.can_restore(f"{storage_path}/tune", storage_filesystem=filesystem):
@@ -179,7 +204,7 @@ def _need(cpus: float, gpus: float) -> str:
 
 
 def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, progress: Progress) -> tune.Tuner:
-    search = job_spec.search
+    wanted = job_spec.search
     storage_path, name = path.rsplit("/", 1)
     run_config = tune.RunConfig(
         name=name,
@@ -188,45 +213,25 @@ def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, pr
         # No num_to_keep: Tune deletes a checkpoint as soon as a better one arrives, but restores from the
         # state it saved up to ~10 s earlier, which may point at the deleted one. `_prune` keeps the best
         # k once the state no longer needs the others.
-        checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=search.metric, checkpoint_score_order=search.mode),
+        checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=wanted.metric, checkpoint_score_order=wanted.mode),
         failure_config=tune.FailureConfig(max_failures=job_spec.failures.max_retries),
         callbacks=[progress, *_tracking_callbacks(job_spec, path)],
+        stop=search.trial_stop(job_spec),
         verbose=0,
     )
     tune_config = tune.TuneConfig(
-        metric=search.metric, mode=search.mode, num_samples=search.samples, scheduler=_scheduler(job_spec),
+        metric=wanted.metric, mode=wanted.mode, scheduler=search.scheduler(job_spec),
+        search_alg=search.searcher(job_spec), max_concurrent_trials=wanted.max_concurrent,
+        # Tune's samples repeat the whole space, variants included; an optuna searcher makes every trial itself.
+        num_samples=job_spec.trial_count() if wanted.algorithm == "optuna" else wanted.samples,
+        time_budget_s=wanted.time_budget_s,
         # A new worker per trial imports torch, Ray Tune and this job again: 3-20 s on 2 busy cores, against
         # trials of seconds. A reused worker runs the next trial in a fresh thread, with its data kept
-        # (`data.device_data`); each trial seeds the global RNG itself (`train.new_state`). No
-        # max_concurrent_trials: as many trials run as `resources` fit.
+        # (`data.device_data`); each trial seeds the global RNG itself (`train.new_state`).
         reuse_actors=True,
     )
-    return tune.Tuner(trainable, param_space=param_space(job_spec), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=search.param_space(job_spec), tune_config=tune_config, run_config=run_config)
 
-
-def param_space(job_spec: JobSpec) -> dict[str, Any]:
-    """Every variant crossed with the search space; keys are the spec's dotted paths."""
-    space: dict[str, Any] = {VARIANT: tune.grid_search(list(job_spec.variants))}
-    for path, domain in job_spec.search.space.items():
-        if isinstance(domain, Grid):
-            space[path] = tune.grid_search(domain.grid)
-        elif isinstance(domain, Choice):
-            space[path] = tune.choice(domain.choice)
-        elif isinstance(domain, Uniform):
-            space[path] = tune.uniform(*domain.uniform)
-        elif isinstance(domain, LogUniform):
-            space[path] = tune.loguniform(*domain.loguniform)
-    return space
-
-
-def _scheduler(job_spec: JobSpec) -> Any:
-    scheduler = job_spec.search.scheduler
-    if scheduler.kind == "asha":
-        return ASHAScheduler(
-            time_attr=EPOCH, max_t=job_spec.optim.epochs, grace_period=scheduler.grace_period,
-            reduction_factor=scheduler.reduction_factor,
-        )
-    return FIFOScheduler()
 
 
 def _tracking_callbacks(job_spec: JobSpec, tune_path: str) -> list[Any]:
@@ -315,27 +320,41 @@ def _resume(trial_path: str, filesystem: Any, device: Any) -> tuple[train.TrainS
     return None, f"no readable checkpoint ({', '.join(skipped)} unreadable): starting over" if skipped else ""
 
 
-def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tuple[str, dict[str, Any]]]]) -> SweepResult:
+def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tuple[str, dict[str, Any]]]],
+            ended_by: str = "") -> SweepResult:
     """Plain records, one per trial, with every epoch it reported (see `_history`); `checkpoints` are each
-    trial's `storage.checkpoint_folders`, in the grid's order."""
+    trial's `storage.checkpoint_folders`, in the grid's order. When the sweep `ended_by` a budget, trials
+    it stopped (or never started) are STOPPED, not failed."""
     trials = []
     metric, mode = job_spec.search.metric, job_spec.search.mode
-    for result, folders in zip(grid, checkpoints):
+    # A trial that never reported has no config in its Result; Tune's own trial records have it.
+    tune_trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [None] * len(checkpoints)
+    for result, folders, tune_trial in zip(grid, checkpoints, tune_trials):
         rows = _history(result, folders[0][1] if folders else {})
         scored = [(meta["metrics"][metric], path) for path, meta in folders if metric in meta.get("metrics", {})]
         best = (max if mode == "max" else min)(scored)[1] if scored else ""
-        metrics, config = result.metrics or {}, result.config or {}
+        metrics = result.metrics or {}
+        config = result.config or getattr(tune_trial, "config", None) or {}
+        # The budget's stop can beat the last epoch's `done`: a trial with all its epochs has finished.
+        trained = bool(rows) and rows[-1][EPOCH] >= config.get("optim.epochs", job_spec.optim.epochs)
+        status = TERMINATED if _finished(result) or (ended_by and trained and result.error is None) else _unfinished(result, ended_by)
         trials.append(TrialResult(
-            trial_id=metrics.get("trial_id", Path(result.path).name),
+            trial_id=metrics.get("trial_id", getattr(tune_trial, "trial_id", Path(result.path).name)),
             variant=config.get(VARIANT, "?"),
             params={k: v for k, v in config.items() if k != VARIANT},
-            status=TERMINATED if _finished(result) else "ERROR",
+            status=status,
             epochs=[EpochMetrics.from_dict(row) for row in rows],
             node=str(metrics.get(NODE, "")),
             checkpoint=best,
-            error="" if _finished(result) else _error_line(result),
+            error=_error_line(result) if status == ERROR else "",
         ))
-    return SweepResult(job_spec.name, run_id, job_spec.search.metric, trials)
+    if ended_by:  # trials Tune had not yet made are not in the grid: count against the spec
+        ended_by = f"{ended_by}: {sum(t.status == TERMINATED for t in trials)} of {job_spec.trial_count()} trials finished"
+    return SweepResult(job_spec.name, run_id, job_spec.search.metric, trials, ended_by)
+
+
+def _unfinished(result: Any, ended_by: str) -> str:
+    return STOPPED if ended_by and result.error is None else ERROR
 
 
 def _finished(result: Any) -> bool:
@@ -345,15 +364,20 @@ def _finished(result: Any) -> bool:
     return bool((result.metrics or {}).get("done")) and result.error is None
 
 
-def _lost(grid: Any) -> str | None:
-    """Why the run cannot be committed yet though it may be resumed: a trial failed on storage, or one
-    stopped unfinished with no error Tune could read back (its error file never reached storage)."""
+def _lost(grid: Any, stopped_ok: bool = False) -> str | None:
+    """Why the run cannot be committed yet though it may be resumed: a trial failed on storage, or failed
+    with an error Tune could not read back (its error file never reached storage), or one stopped
+    unfinished without a budget to explain it (`stopped_ok`: the sweep's time budget ran out)."""
     for result in grid:
         err = getattr(result.error, "cause", None) or result.error
         if isinstance(err, OSError):
             return str(err)
-        if err is None and not _finished(result):
-            return f"trial {Path(result.path).name} stopped unfinished and its error log did not reach storage"
+    unread = grid.num_errors - sum(1 for result in grid if result.error is not None)
+    if unread:
+        return f"{unread} failed trials' error logs did not reach storage"
+    stopped = [result for result in grid if result.error is None and not _finished(result)]
+    if stopped and not stopped_ok:
+        return f"trial {Path(stopped[0].path).name} stopped unfinished and its error log did not reach storage"
     return None
 
 
@@ -433,6 +457,7 @@ def _manifest(job_spec: JobSpec, result: SweepResult, attempts: list[tuple[str, 
             for t in result.ranked()
         ),
         attempts=tuple(Attempt(started_at, round(wall_s, 2)) for started_at, wall_s in attempts),
+        ended_by=result.ended_by,
     )
 
 

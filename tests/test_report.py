@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -167,6 +168,8 @@ def test_header_without_a_manifest_says_so() -> None:
     facts = dict(report_html.header_facts(complete, None))
     assert facts["status"] == "complete: every trial finished"
     assert facts["wall time, versions"] == "not recorded (rendered without a manifest)"
+    budget = dataclasses.replace(complete, ended_by="search.time_budget_s (60 s) ran out: 2 of 6 trials finished")
+    assert dict(report_html.header_facts(budget, None))["status"] == f"ended early: {budget.ended_by}"
 
 
 def test_report_html_variants_by_their_best_trial(rendered: tuple[Path, list[Path]]) -> None:
