@@ -85,6 +85,7 @@ def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str
     """Tune's fit, new or restored, and why it ended early ("" when every trial ran); SIGTERM and SIGINT
     stop it the way Tune's own SIGUSR1 does, and so does the end of `budget_s`, the sweep's time left.
     (Not Tune's `time_budget_s`: a restored Tuner would start that over with the budget whole.)"""
+    _prepare_tracking(job_spec)  # here: a restored Tuner brings its pickled tracking callbacks, past _new_tuner
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, job_spec=job_spec, gpus=gpus, tune_path=path, filesystem=filesystem),
         {"cpu": job_spec.resources.cpus, "gpu": gpus},
@@ -233,19 +234,30 @@ def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, pr
     return tune.Tuner(trainable, param_space=search.param_space(job_spec), tune_config=tune_config, run_config=run_config)
 
 
+WANDB_UPLOAD_TIMEOUT_S = 30  # an online run's last metrics take seconds; a stop waits this long at most
 
-def _tracking_callbacks(job_spec: JobSpec, tune_path: str) -> list[Any]:
-    """Ray's own logger callbacks for the spec's `tracking`: one MLflow or W&B run per trial with its
-    config (variant and searched values) as parameters and every epoch's metrics. Checked here, in the
-    driver, before any trial starts; credentials stay in the environment, where MLflow and W&B read them."""
+
+def _prepare_tracking(job_spec: JobSpec) -> None:
+    """Before Tune starts or restores, in the driver: a tracker the spec names has its package (else one
+    line saying how to install it), and W&B offline is said where Ray's callback looks for it."""
     import importlib.util
+    import os
 
-    tracking, run_id = job_spec.tracking, tune_path.rsplit("/", 2)[-2]  # <uri>/<name>/<run_id>/tune
+    tracking = job_spec.tracking
     missing = [name for name in ("mlflow", "wandb") if getattr(tracking, name) is not None and importlib.util.find_spec(name) is None]
     if missing:
         # Not a SpecError: run_sweep would call it a storage-side stop to resume from.
         raise UserError([f"tracking.{name}: the {name} package is not installed (got tracking.{name} set). "
                          f"pip install 'sweep-job[{name}]', or remove tracking.{name} from the spec" for name in missing])
+    if tracking.wandb is not None and tracking.wandb.mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"  # Ray's callback asks for an API key unless this says offline; `mode` reaches wandb.init only
+
+
+def _tracking_callbacks(job_spec: JobSpec, tune_path: str) -> list[Any]:
+    """Ray's own logger callbacks for the spec's `tracking`: one MLflow or W&B run per trial with its
+    config (variant and searched values) as parameters and every epoch's metrics. Credentials stay in
+    the environment, where MLflow and W&B read them."""
+    tracking, run_id = job_spec.tracking, tune_path.rsplit("/", 2)[-2]  # <uri>/<name>/<run_id>/tune
     return ([_mlflow_logger(job_spec, run_id)] if tracking.mlflow else []) + ([_wandb_logger(job_spec, run_id)] if tracking.wandb else [])
 
 
@@ -261,25 +273,25 @@ def _mlflow_logger(job_spec: JobSpec, run_id: str) -> Any:
 
 
 def _wandb_logger(job_spec: JobSpec, run_id: str) -> Any:
-    import os
-
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     spec = job_spec.tracking.wandb
-    if spec.mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"  # Ray's callback asks for an API key unless this says offline; `mode` reaches wandb.init only
     # Absolute: the logging actor (on this node) works in the trial's staging folder, which Tune may upload
     # before W&B has finished writing there. Tune's default group is the experiment folder's name, `tune`
     # for every sweep: one group per run instead.
     folder = Path(spec.dir).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    callback = WandbLoggerCallback(project=spec.project, group=f"{job_spec.name}/{run_id}", mode=spec.mode, dir=str(folder))
+    # upload_timeout: at the sweep's end Ray waits this long for runs still uploading. Ray's 30 min default
+    # also holds up a stopped sweep, whose unfinished trials' runs never close.
+    callback = WandbLoggerCallback(project=spec.project, group=f"{job_spec.name}/{run_id}", mode=spec.mode, dir=str(folder),
+                                   upload_timeout=WANDB_UPLOAD_TIMEOUT_S)
     try:
         callback.setup()  # Tune calls it again; here a missing key is one line before any trial starts
     except ValueError:
         raise UserError(["tracking.wandb: no W&B API key (got mode online). Set WANDB_API_KEY or run `wandb login` "
                          "on the driver's node, or use tracking.wandb.mode: offline"]) from None
     return callback
+
 
 def run_trial(config: dict[str, Any], job_spec: JobSpec, gpus: float, tune_path: str, filesystem: Any) -> None:
     """Tune's trainable: rebuild a validated trial spec, resume from the newest good checkpoint, report each epoch."""

@@ -98,7 +98,7 @@ def test_a_tracker_without_its_package_is_one_line_saying_how_to_install_it(name
     job = _job({"mlflow": {"tracking_uri": "sqlite:///unused.db"}} if name == "mlflow" else {"wandb": {"project": "p"}})
     monkeypatch.setitem(sys.modules, name, None)  # what an environment without the extra looks like to an import
     with pytest.raises(UserError) as caught:
-        sweep._tracking_callbacks(job, "results/tracked/20260101T000000Z-0001/tune")
+        sweep._prepare_tracking(job)
     assert caught.value.problems == [f"tracking.{name}: the {name} package is not installed (got tracking.{name} set). "
                                      f"pip install 'sweep-job[{name}]', or remove tracking.{name} from the spec"]
 
