@@ -262,8 +262,8 @@ class WandbSpec(Strict):
     project: str = Field(min_length=1, max_length=128, description="W&B project")
     mode: Literal["online", "offline"] = Field("online", description="offline: no account needed; upload later with "
                                                "`wandb sync <dir>/wandb/offline-run-*`")
-    dir: str = Field(".", min_length=1, max_length=1024, description="folder on the driver's node where W&B writes its run "
-                     "folders (<dir>/wandb/...); relative to where `sweep run` starts")
+    dir: str = Field("~", min_length=1, max_length=1024, description="folder on the driver's node where W&B writes its run "
+                     "folders (<dir>/wandb/...); a relative one is from where `sweep run` starts (the image's /app is read-only)")
 
 
 class TrackingSpec(Strict):

@@ -280,7 +280,10 @@ def _wandb_logger(job_spec: JobSpec, run_id: str) -> Any:
     # before W&B has finished writing there. Tune's default group is the experiment folder's name, `tune`
     # for every sweep: one group per run instead.
     folder = Path(spec.dir).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError([f"tracking.wandb.dir: cannot create it (got {folder}: {err.strerror}). Name a folder the driver can write"]) from None
     # upload_timeout: at the sweep's end Ray waits this long for runs still uploading. Ray's 30 min default
     # also holds up a stopped sweep, whose unfinished trials' runs never close.
     callback = WandbLoggerCallback(project=spec.project, group=f"{job_spec.name}/{run_id}", mode=spec.mode, dir=str(folder),

@@ -114,6 +114,14 @@ def test_wandb_online_without_a_key_is_one_line(tmp_path: Path, monkeypatch: pyt
         sweep._tracking_callbacks(job, "results/tracked/20260101T000000Z-0001/tune")
 
 
+@pytest.mark.skipif(not HAS_WANDB, reason="the wandb extra is not installed: pip install '.[wandb]'")
+def test_a_wandb_dir_the_driver_cannot_create_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    job = _job({"wandb": {"project": "p", "mode": "offline", "dir": str(tmp_path / "file" / "runs")}})
+    with pytest.raises(UserError, match=r"^tracking.wandb.dir: cannot create it \(got .*/file/runs: Not a directory\)"):
+        sweep._tracking_callbacks(job, "results/tracked/20260101T000000Z-0001/tune")
+
+
 def test_tracking_spec_refuses_credentials_in_the_uri_and_misspelt_keys() -> None:
     with pytest.raises(SpecError) as caught:
         _job({"mlflow": {"tracking_uri": "https://me:hunter2@mlflow.example.com"}})
