@@ -18,6 +18,13 @@ TEST_ACC = "test_acc"
 EPOCH_S = "epoch_s"
 SAMPLES_PER_S = "samples_per_s"
 EPOCH = "epoch"
+# Keys a trial's result carries besides its metrics, and the statuses a trial ends with.
+VARIANT = "variant"  # the config key that selects the variant; every other config key is a dotted spec path
+NODE = "node"  # the Ray node the trial ran on
+NOTE = "note"  # a line about where a resumed trial started, printed by the progress callback
+REPLAY = "replay"  # set on the one result a trial that had already finished reports again after a restart
+TERMINATED, ERROR = "TERMINATED", "ERROR"  # Tune's statuses of a finished and a failed trial
+STOPPED = "STOPPED"  # ours: stopped, or never started, when the sweep's time budget ran out
 
 # Which way is better for each metric a sweep may optimise; the spec's `search.metric` picks one.
 METRIC_MODES: dict[str, Literal["min", "max"]] = {

@@ -15,10 +15,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from job.results import EPOCH
+from job.results import EPOCH, VARIANT
 from job.spec import Choice, Grid, JobSpec, LogUniform, SpecError, Uniform
 
-VARIANT = "variant"  # the config key that selects the variant; every other key is a dotted spec path
 
 
 def param_space(job_spec: JobSpec) -> dict[str, Any] | None:

@@ -451,6 +451,11 @@ def _pointed_run_id(pointer: Any) -> str:
     return run_id
 
 
+def uri_of(filesystem: pyarrow.fs.FileSystem | None, path: str) -> str:
+    """Tune's paths carry no scheme; users copy them into `aws s3 cp`, so S3 ones get theirs back."""
+    return f"s3://{path}" if filesystem is not None and filesystem.type_name == "s3" else path
+
+
 def checkpoint_folders(filesystem: pyarrow.fs.FileSystem | None, trial_path: str, meta_name: str) -> list[tuple[str, dict[str, Any]]]:
     """A trial's checkpoint folders with their JSON (`meta_name`), newest epoch first; damaged ones are left out.
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from faults import Driver, epoch_of, event, trial_workers
-from job import sweep, train
+from job import outcome, train
 from job.spec import JobSpec, SpecError, load_spec, parse_spec, resolve_trial
 from test_sweep import REPO, SMOKE, run_sweep, sweep_env
 
@@ -131,7 +131,7 @@ def test_history_adds_the_epochs_reported_after_the_newest_checkpoint() -> None:
     """An ASHA-stopped trial under checkpoints.every 2: checkpoint at 2, stopped after epoch 3."""
     saved = [row(1, 10.0), row(2, 20.0)]
     tune_rows = [{**row(1, 10.0), "pid": 7}, {**row(2, 20.0), "pid": 7}, {**row(3, 30.0), "pid": 7}]
-    got = sweep._history(grid_result(saved, tune_rows), {"history": saved})
+    got = outcome._history(grid_result(saved, tune_rows), {"history": saved})
     assert [r["epoch"] for r in got] == [1, 2, 3] and got[-1]["test_acc"] == 30.0
 
 
@@ -148,10 +148,10 @@ class Covered:
 def test_history_keeps_the_last_report_of_a_retrained_epoch_and_skips_reading_when_covered() -> None:
     saved = [row(1, 10.0), row(2, 20.0)]
     tune_rows = [row(1, 10.0), row(2, 20.0), row(3, 29.0), row(3, 30.0), row(4, 40.0)]
-    got = sweep._history(grid_result(saved, tune_rows), {"history": saved})
+    got = outcome._history(grid_result(saved, tune_rows), {"history": saved})
     assert [(r["epoch"], r["test_acc"]) for r in got] == [(1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0)]
-    assert sweep._history(Covered(), {"history": saved}) == saved
-    assert [r["epoch"] for r in sweep._history(grid_result([], tune_rows[:2]), {})] == [1, 2]  # never checkpointed
+    assert outcome._history(Covered(), {"history": saved}) == saved
+    assert [r["epoch"] for r in outcome._history(grid_result([], tune_rows[:2]), {})] == [1, 2]  # never checkpointed
 
 
 @pytest.mark.parametrize("every", [0, -1])

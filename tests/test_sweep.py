@@ -261,7 +261,7 @@ def test_a_failed_trial_whose_error_log_missed_storage_is_not_taken_for_finished
     committed with 'TERMINATED' trials of 0 and 1 epochs. Here a real failed run, its error files removed."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from job import sweep
+    from job import outcome
     from job.spec import load_spec
 
     sets = [f"storage.uri={tmp_path / 'out'}", "optim.compile=true", "failures.max_retries=0", "search.space={}",
@@ -274,8 +274,8 @@ def test_a_failed_trial_whose_error_log_missed_storage_is_not_taken_for_finished
 
     def statuses() -> tuple[list[str], str | None]:
         grid = ResultGrid(ExperimentAnalysis(str(tune_path)))
-        result = sweep.collect(spec, tune_path.parent.name, grid, [[] for _ in grid])
-        return [t.status for t in result.trials], sweep._lost(grid)
+        result = outcome.collect(spec, tune_path.parent.name, grid, [[] for _ in grid])
+        return [t.status for t in result.trials], outcome.lost(grid)
 
     assert statuses() == (["ERROR"], None)  # an error Tune can read: a failed trial, nothing lost
     logs = list(tune_path.glob("*/error.*"))
@@ -283,7 +283,7 @@ def test_a_failed_trial_whose_error_log_missed_storage_is_not_taken_for_finished
     for log in logs:
         log.unlink()
     status, lost = statuses()
-    assert status == ["ERROR"] and lost and "error log did not reach storage" in lost, (status, lost)
+    assert status == ["ERROR"] and lost == "1 failed trials' error logs did not reach storage", (status, lost)
 
 
 def test_a_trial_no_node_can_hold_is_refused_in_one_line(s3_server: str, tmp_path: Path) -> None:

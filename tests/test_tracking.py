@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import FOREIGN_VARS
-from job import sweep
+from job import tracking
 from job.spec import SpecError, UserError, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_a_tracker_without_its_package_is_one_line_saying_how_to_install_it(name
     job = _job({"mlflow": {"tracking_uri": "sqlite:///unused.db"}} if name == "mlflow" else {"wandb": {"project": "p"}})
     monkeypatch.setitem(sys.modules, name, None)  # what an environment without the extra looks like to an import
     with pytest.raises(UserError) as caught:
-        sweep._prepare_tracking(job)
+        tracking.prepare(job)
     assert caught.value.problems == [f"tracking.{name}: the {name} package is not installed (got tracking.{name} set). "
                                      f"pip install 'sweep-job[{name}]', or remove tracking.{name} from the spec"]
 
@@ -111,7 +111,7 @@ def test_wandb_online_without_a_key_is_one_line(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     job = _job({"wandb": {"project": "p", "dir": str(tmp_path)}})
     with pytest.raises(UserError, match=r"^tracking.wandb: no W&B API key \(got mode online\). Set WANDB_API_KEY"):
-        sweep._tracking_callbacks(job, "results/tracked/20260101T000000Z-0001/tune")
+        tracking.callbacks(job, "results/tracked/20260101T000000Z-0001/tune")
 
 
 @pytest.mark.skipif(not HAS_WANDB, reason="the wandb extra is not installed: pip install '.[wandb]'")
@@ -119,7 +119,7 @@ def test_a_wandb_dir_the_driver_cannot_create_is_one_line(tmp_path: Path) -> Non
     (tmp_path / "file").write_text("")
     job = _job({"wandb": {"project": "p", "mode": "offline", "dir": str(tmp_path / "file" / "runs")}})
     with pytest.raises(UserError, match=r"^tracking.wandb.dir: cannot create it \(got .*/file/runs: Not a directory\)"):
-        sweep._tracking_callbacks(job, "results/tracked/20260101T000000Z-0001/tune")
+        tracking.callbacks(job, "results/tracked/20260101T000000Z-0001/tune")
 
 
 def test_tracking_spec_refuses_credentials_in_the_uri_and_misspelt_keys() -> None:
