@@ -46,6 +46,7 @@ def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tu
             node=str(metrics.get(NODE, "")),
             checkpoint=best,
             error=_error_line(result) if status == ERROR else "",
+            schedule=_schedule(folders) if job_spec.search.scheduler.kind == "pbt" else [],
         ))
     if ended_by:  # trials Tune had not yet made are not in the grid: count against the spec
         ended_by = f"{ended_by}: {sum(t.status == TERMINATED for t in trials)} of {job_spec.trial_count()} trials finished"
@@ -93,6 +94,20 @@ def _history(result: Any, newest: dict[str, Any]) -> list[dict[str, Any]]:
         return rows
     later = frame[frame[EPOCH] > saved].drop_duplicates(EPOCH, keep="last")  # a retry reports retrained epochs again
     return rows + later.sort_values(EPOCH).to_dict("records")
+
+
+def _schedule(folders: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """PBT changes a trial's variant and values as it goes. Each checkpoint records the ones it trained
+    with: each change, from the first epoch after the checkpoint before it."""
+    steps: list[dict[str, Any]] = []
+    previous = 0
+    for _, meta in reversed(folders):  # oldest epoch first
+        trial = meta.get("trial", {})
+        config = {VARIANT: trial.get(VARIANT), **trial.get("params", {})}
+        if not steps or config != {k: v for k, v in steps[-1].items() if k != EPOCH}:
+            steps.append({EPOCH: previous + 1, **config})
+        previous = meta.get(EPOCH, previous)
+    return steps
 
 
 def _error_line(result: Any) -> str:
@@ -147,7 +162,8 @@ def _manifest(job_spec: JobSpec, result: SweepResult, attempts: list[tuple[str, 
         best_trial=best.trial_id if best else None,
         trials=tuple(
             TrialSummary(trial_id=t.trial_id, variant=t.variant, params=t.params, status=t.status, node=t.node,
-                         epochs=len(t.epochs), best={m: t.best(m) for m in METRIC_MODES}, checkpoint=t.checkpoint)
+                         epochs=len(t.epochs), best={m: t.best(m) for m in METRIC_MODES}, checkpoint=t.checkpoint,
+                         schedule=tuple(t.schedule))
             for t in result.ranked()
         ),
         attempts=tuple(Attempt(started_at, round(wall_s, 2)) for started_at, wall_s in attempts),

@@ -40,6 +40,7 @@ def render(result: SweepResult, out: Path, spec: dict[str, Any], manifest: Manif
     out.mkdir(parents=True, exist_ok=True)
     rows = leaderboard_rows(result)
     columns = list(_leaderboard_row(TrialResult("", "", {}, ""), "", result.metric))  # the header even with no trials
+    columns += ["schedule"] if any(t.schedule for t in result.trials) else []
     written = [_write_csv(out / "leaderboard.csv", rows, columns)]
     written.append(_write_csv(out / "metrics.csv", _metrics_rows(result), METRICS_COLUMNS))
     curves = {t.trial_id: _save(_curve_figure(t), out / "curves" / f"{_file_name(t.trial_id)}.png") for t in result.ranked() if t.epochs}
@@ -74,6 +75,8 @@ def _leaderboard_row(trial: TrialResult, rank: int | str, metric: str) -> dict[s
         row[f"last_{name}"] = getattr(last, name) if last else ""
     row["mean_samples_per_s"] = statistics.fmean(m.samples_per_s for m in trial.epochs) if trial.epochs else ""
     row["device"] = last.device if last else ""
+    if trial.schedule:  # PBT changed its config as it went
+        row["schedule"] = " ".join(_compact(step) for step in trial.schedule)
     return row
 
 

@@ -74,6 +74,7 @@ class TrialResult:
     node: str = ""  # the node the trial last ran on
     checkpoint: str = ""  # path of its best checkpoint in storage, if any
     error: str = ""  # a failed trial's error in one line, and where its full log is
+    schedule: list[dict[str, Any]] = field(default_factory=list)  # PBT: {"epoch": from, **config} at each change
 
     def best(self, metric: str) -> float | None:
         values = [getattr(m, metric) for m in self.epochs]
@@ -177,6 +178,7 @@ class TrialSummary:
     epochs: int
     best: dict[str, float | None]  # best value of every metric in METRIC_MODES
     checkpoint: str
+    schedule: tuple[dict[str, Any], ...] = ()  # PBT: {"epoch": from, **config} each time its config changed
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pickle
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search import Searcher
 
 from job.results import EPOCH, VARIANT
@@ -115,6 +115,13 @@ def check(job_spec: JobSpec) -> None:
 
 def scheduler(job_spec: JobSpec) -> Any:
     chosen = job_spec.search.scheduler
+    if chosen.kind == "pbt":
+        # Tune's PBT copies the donor's checkpoint and config into the trial and restarts it: `run_trial`
+        # loads that checkpoint and gives the optimizer the new values.
+        mutations = {path: _domains(job_spec)[path] for path in job_spec.search.perturbed()}
+        return LastEpochKept(job_spec.optim.epochs, time_attr=EPOCH, perturbation_interval=chosen.interval,
+                             hyperparam_mutations=mutations, quantile_fraction=chosen.quantile_fraction,
+                             resample_probability=chosen.resample_probability)
     if chosen.kind == "asha":
         return ASHAScheduler(time_attr=EPOCH, max_t=job_spec.optim.epochs, grace_period=chosen.grace_period,
                              reduction_factor=chosen.reduction_factor)
@@ -126,3 +133,23 @@ def trial_stop(job_spec: JobSpec) -> dict[str, float] | None:
     it counts as finished, with the epochs it did."""
     timeout = job_spec.search.trial_timeout_s
     return {"time_total_s": timeout} if timeout else None
+
+
+class LastEpochKept(PopulationBasedTraining):
+    """PBT that leaves a trial's last epoch alone: Tune's would still exploit there, and the trial would
+    end as a copy of its donor's finished result instead of its own."""
+
+    def __init__(self, epochs: int, **pbt: Any) -> None:
+        super().__init__(**pbt)
+        self.epochs = epochs
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(EPOCH, 0) >= trial.config.get("optim.epochs", self.epochs):
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def checkpoint_due(job_spec: JobSpec, epoch: int) -> bool:
+    """`checkpoints.every` epochs and the last; under PBT also every perturbation, which copies checkpoints."""
+    chosen = job_spec.search.scheduler
+    return epoch % job_spec.checkpoints.every == 0 or (chosen.kind == "pbt" and epoch % chosen.interval == 0)

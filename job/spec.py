@@ -155,12 +155,23 @@ class AshaSpec(Strict):
     reduction_factor: float = Field(3.0, gt=1.0, le=100.0, description="halving rate")
 
 
+class PbtSpec(Strict):
+    """Population Based Training: every `interval` epochs the bottom `quantile_fraction` of trials copy a
+    top trial's checkpoint and config (variant included), then perturb its continuous optim fields."""
+
+    kind: Literal["pbt"] = "pbt"
+    interval: int = Field(4, ge=1, le=10_000, description="epochs between perturbations (each one checkpoints)")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="the bottom fraction that copies the top fraction")
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="chance a value is drawn anew, else scaled by 0.8 or 1.2")
+
+
 class FifoSpec(Strict):
     kind: Literal["fifo"] = "fifo"
 
 
 SchedulerSpec = Annotated[
-    Union[Annotated[FifoSpec, Tag("fifo")], Annotated[AshaSpec, Tag("asha")]], Discriminator(_kind_or("fifo"))
+    Union[Annotated[FifoSpec, Tag("fifo")], Annotated[AshaSpec, Tag("asha")], Annotated[PbtSpec, Tag("pbt")]],
+    Discriminator(_kind_or("fifo"))
 ]
 
 SEARCHABLE = sorted(
@@ -193,6 +204,13 @@ class SearchSpec(Strict):
             if not self.space:
                 problems.append("search.space: search.algorithm optuna needs at least one domain to search. "
                                 "Add one, or use search.algorithm random")
+        if self.scheduler.kind == "pbt":
+            if self.algorithm != "random":
+                problems.append(f"search.scheduler.kind: pbt makes its own configs as it goes (got search.algorithm "
+                                f"{self.algorithm}). Use search.algorithm random")
+            if not self.perturbed():
+                problems.append("search.space: search.scheduler pbt perturbs optim fields with uniform or loguniform "
+                                "domains (got none). Add one, e.g. optim.lr: {loguniform: [1.0e-4, 1.0e-2]}")
         for path, domain in self.space.items():
             where = _dotted(["search", "space", path])
             if path not in SEARCHABLE:
@@ -209,6 +227,11 @@ class SearchSpec(Strict):
     @property
     def mode(self) -> Literal["min", "max"]:
         return METRIC_MODES[self.metric]
+
+    def perturbed(self) -> dict[str, Uniform | LogUniform]:
+        """What PBT may change in a running trial: continuous optim fields (the optimizer takes them as it is;
+        a model field would need another network)."""
+        return {p: d for p, d in self.space.items() if p.startswith("optim.") and isinstance(d, (Uniform, LogUniform))}
 
 
 class ResourcesSpec(Strict):

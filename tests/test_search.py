@@ -3,12 +3,14 @@ the real local Ray against the loopback S3 server (the fixtures and helpers of t
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from collections import Counter
 
 import pytest
+import torch
 
 from faults import event
 from test_faults import REPO, SLOW, SMOKE, RUN_S, assert_not_retrained, events, sweep_factory  # noqa: F401 (a fixture)
@@ -109,3 +111,31 @@ def test_a_time_budget_ends_the_run_with_a_complete_honest_report(sweep_factory)
     shown = subprocess.run([sys.executable, "-m", "job", "results", f"{sweep.uri}/smoke"], env=sweep.env, cwd=REPO,
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and f"ended early: {ended}" in shown.stdout, shown.stdout + shown.stderr
+
+
+@pytest.mark.slow
+def test_pbt_exploits_with_the_new_values_applied_and_records_each_schedule(sweep_factory) -> None:
+    """Six trials, the bottom half copying the top half every 2 epochs. An exploited trial goes on from its
+    donor's checkpoint with its own new learning rate: every checkpoint's optimizer holds the rate of the
+    config it was saved under (a copied optimizer state would keep the donor's)."""
+    sets = ["data.synthetic_train=5000", "search.scheduler={kind: pbt, interval: 2, quantile_fraction: 0.5}",
+            "search.space={optim.lr: {loguniform: [1.0e-5, 1.0e-1]}}", "search.samples=2"]
+    sweep = sweep_factory(sets, epochs=8, trials=6)
+    driver = sweep.start()
+    _, run_id = sweep.run_id_of(driver)
+    assert sweep.finish(driver) == 0, driver.tail()
+    manifest = sweep.assert_complete(run_id)
+    exploited = [t for t in manifest["trials"] if len(t["schedule"]) > 1]
+    assert exploited and "continues from" in driver.output, [t["schedule"] for t in manifest["trials"]]
+    for trial in exploited:
+        assert trial["schedule"][-1]["optim.lr"] == trial["params"]["optim.lr"] and trial["schedule"][-1]["variant"] == trial["variant"]
+    checked = 0
+    for key in sweep.bucket.keys(f"smoke/{run_id}/tune/"):
+        if key.endswith("/model.pt"):
+            weights = torch.load(io.BytesIO(sweep.bucket.read(key)), map_location="cpu", weights_only=True)
+            meta = json.loads(sweep.bucket.read(key.replace("/model.pt", "/trial.json")))
+            assert weights["optimizer"]["param_groups"][0]["lr"] == meta["trial"]["optim"]["lr"], key
+            checked += 1
+    assert checked >= 6
+    board = sweep.bucket.read(f"smoke/{run_id}/report/leaderboard.csv").decode()
+    assert "schedule" in board.splitlines()[0]
