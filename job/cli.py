@@ -77,7 +77,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     job = load_spec(args.spec, args.overrides)
     print(f"{args.spec}: ok: {job.name}")
     for name, model in job.variants.items():
-        print(f"  variant {name}: {model.model_dump(exclude={'kind'}) if model.kind == 'mlp' else {}} ({model.kind})")
+        print(f"  variant {name}: {model.model_dump(exclude={'kind'})} ({model.kind})")
     for path, domain in job.search.space.items():
         print(f"  search {path}: {short_repr(domain.model_dump(), limit=200)}")
     print(f"  optim: {job.optim.model_dump()}")

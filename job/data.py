@@ -43,7 +43,7 @@ class Arrays:
 
 @dataclass(frozen=True)
 class DeviceData:
-    """Normalized, flattened float images [N, 3072] and labels, resident on one device."""
+    """Normalized float images [N, 3, 32, 32] and labels, resident on one device."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -187,10 +187,10 @@ def synthetic_arrays(n_train: int, n_test: int, seed: int) -> Arrays:
 
 
 def to_device(arrays: Arrays, device: torch.device) -> DeviceData:
-    """Move the uint8 images once, then normalize and flatten on the device itself."""
+    """Move the uint8 images once, then normalize on the device itself."""
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True).flatten(1).float()
+        x = x.to(device, non_blocking=True).float()
         return x.div_(255.0).sub_(MEAN).div_(STD)
 
     return DeviceData(
@@ -212,3 +212,21 @@ def batch_indices(n: int, batch_size: int, gen: torch.Generator, device: torch.d
     for idx in perm.split(batch_size):
         if len(idx) > 1:
             yield idx
+
+
+def augment(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """A random crop of each image from its reflect-padded copy, mirrored left-right with probability 1/2.
+
+    One gather on the images' own device, drawing from that device's global generator (which
+    checkpoints save, and CUDA graphs can replay), with no host sync. The result is an NCHW view of
+    NHWC memory, which is channels-last: what convolutions on CUDA prefer, and a no-op for an MLP.
+    """
+    n, _, height, width = x.shape
+    padded = F.pad(x, (padding,) * 4, mode="reflect") if padding else x
+    shifts = torch.randint(0, 2 * padding + 1, (2, n, 1), device=x.device)
+    rows = shifts[0] + torch.arange(height, device=x.device)
+    cols = shifts[1] + torch.arange(width, device=x.device)
+    flip = torch.rand(n, 1, device=x.device) < 0.5
+    cols = torch.where(flip, cols.flip(1), cols)  # a mirrored crop reads its columns right to left
+    images = torch.arange(n, device=x.device)[:, None, None]
+    return padded[images, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [n, h, w, c] -> NCHW view

@@ -1,7 +1,8 @@
 """The job spec: strict pydantic models of the YAML, `load_spec`, per-trial resolution, `SpecError`.
 
-Parses once at the edge, refusing hostile YAML in one line per problem; everything below receives
-frozen, validated objects. Must not import torch or ray.
+Parses once at the edge, refusing bad specs in one line per problem; everything below receives frozen,
+validated objects. The model kinds come from job.registry, the YAML reading from job.specfile.
+Must not import torch or ray.
 """
 
 from __future__ import annotations
@@ -9,47 +10,21 @@ from __future__ import annotations
 import difflib
 import functools
 import math
-import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, NoReturn, Union
+from typing import Annotated, Any, Callable, Literal, Union, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from job.registry import BUILT_IN, MODEL_KINDS, CNNSpec, KindSpec, LinearSpec, MLPSpec, Strict, kind_tag, searchable_fields
 from job.results import METRIC_MODES
+from job.specfile import MAX_SPEC_BYTES, SpecError, UserError, apply_override, as_mapping, dotted, read_yaml, short_repr, shown
+
+__all__ = [  # defined in job.registry and job.specfile; the rest of the job and its tests import them from here
+    "CNNSpec", "KindSpec", "LinearSpec", "MLPSpec", "Strict", "MAX_SPEC_BYTES", "SpecError", "UserError", "short_repr", "shown",
+]
 
 MAX_TRIALS = 10_000  # a sweep beyond this is a typo in a grid, not a plan: Tune would queue it for days
-MAX_SPEC_BYTES = 1_000_000  # a spec is a page of YAML; anything this large is a mistake
-# A spec is about five levels deep and a hundred values; these bounds are far above any real spec
-# and far below what costs noticeable time or memory (a spec at the bounds loads in under a second, in ~10 MB).
-MAX_YAML_DEPTH = 32
-MAX_YAML_NODES = 10_000
-MAX_SCALAR_CHARS = 4096  # PATH_MAX; also keeps PyYAML's int() of `1:2:3...` (base 60) cheap
-
-
-class UserError(Exception):
-    """A problem the user can fix (spec, file, data, storage, environment), one line per problem.
-
-    Each line is made printable (control characters escaped) so input can never forge an `error:`
-    line or drive the terminal. Pickles intact: Ray ships exceptions between processes, and the
-    default pickling would rebuild it from the joined message, turning `problems` into a string."""
-
-    def __init__(self, problems: list[str]) -> None:
-        assert not isinstance(problems, str), f"pass a list of lines (got {problems!r})"
-        self.problems = [_printable(line) for line in problems]
-        super().__init__("\n".join(self.problems))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.problems,)
-
-
-class SpecError(UserError):
-    """A problem with the spec, its file or what it names; raised everywhere below the CLI."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataSpec(Strict):
@@ -59,6 +34,8 @@ class DataSpec(Strict):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the archive at `source` (hex)")
     synthetic_train: int = Field(5000, ge=10, le=200_000, description="synthetic training images")
     synthetic_test: int = Field(1000, ge=10, le=50_000, description="synthetic test images")
+    augment: bool = Field(False, description="random crops and horizontal flips of each training batch, on the trial's device")
+    crop_padding: int = Field(4, ge=0, le=16, description="pixels of reflected border a random crop may shift into (with augment)")
 
     @field_validator("sha256")
     @classmethod
@@ -73,20 +50,6 @@ class DataSpec(Strict):
         return self
 
 
-class MLPSpec(Strict):
-    kind: Literal["mlp"] = "mlp"
-    hidden: int = Field(128, ge=1, le=65_536, description="units per hidden layer")
-    depth: int = Field(1, ge=1, le=16, description="number of hidden layers")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability after each hidden ReLU")
-    batch_norm: bool = Field(False, description="BatchNorm1d between each hidden Linear and its ReLU")
-
-
-class LinearSpec(Strict):
-    """Multinomial logistic regression: a baseline with no hidden layer."""
-
-    kind: Literal["linear"] = "linear"
-
-
 def _kind_or(default: str) -> Callable[[Any], str | None]:
     """Discriminator on `kind`, which may be left out and then means `default`."""
 
@@ -96,10 +59,10 @@ def _kind_or(default: str) -> Callable[[Any], str | None]:
     return kind
 
 
-_KIND_TAGS = {"mlp", "linear", "fifo", "asha"}
+# Every registered kind, tagged by its `kind`; a variant without `kind` is the first built-in (mlp).
 ModelSpec = Annotated[
-    Union[Annotated[MLPSpec, Tag("mlp")], Annotated[LinearSpec, Tag("linear")]],
-    Discriminator(_kind_or("mlp")),
+    Union[tuple(Annotated[spec, Tag(tag)] for tag, spec in MODEL_KINDS.items())],
+    Discriminator(_kind_or(kind_tag(BUILT_IN[0]))),
 ]
 
 
@@ -174,10 +137,10 @@ SchedulerSpec = Annotated[
     Discriminator(_kind_or("fifo"))
 ]
 
-SEARCHABLE = sorted(
-    [f"optim.{k}" for k in OptimSpec.model_fields]
-    + [f"model.{k}" for k in MLPSpec.model_fields if k != "kind"]
-)
+# What search.space may set: the optimizer's fields and every kind's own fields (each variant must have
+# the model fields searched: JobSpec._check_variants).
+SEARCHABLE = sorted({f"optim.{k}" for k in OptimSpec.model_fields} | {p for spec in MODEL_KINDS.values() for p in searchable_fields(spec)})
+SCHEDULERS: dict[str, type[Strict]] = {"fifo": FifoSpec, "asha": AshaSpec, "pbt": PbtSpec}
 
 
 class SearchSpec(Strict):
@@ -212,7 +175,7 @@ class SearchSpec(Strict):
                 problems.append("search.space: search.scheduler pbt perturbs optim fields with uniform or loguniform "
                                 "domains (got none). Add one, e.g. optim.lr: {loguniform: [1.0e-4, 1.0e-2]}")
         for path, domain in self.space.items():
-            where = _dotted(["search", "space", path])
+            where = dotted(["search", "space", path])
             if path not in SEARCHABLE:
                 problems.append(_not_a_field(where, path, SEARCHABLE))
             bounds = getattr(domain, "loguniform", None) or getattr(domain, "uniform", None)
@@ -311,13 +274,13 @@ class JobSpec(Strict):
     def _check_variants(self) -> JobSpec:
         bad = [v for v in self.variants if not v.replace("-", "").replace("_", "").isalnum()]
         if bad:
-            raise ValueError(f"{_dotted(['variants', bad[0]])}: names use letters, digits, '-' and '_' (got {short_repr(bad[0])}). Rename it")
+            raise ValueError(f"{dotted(['variants', bad[0]])}: names use letters, digits, '-' and '_' (got {short_repr(bad[0])}). Rename it")
         for path in self.search.space:
             key = path.removeprefix("model.")
             without = [name for name, m in self.variants.items() if key != path and key not in type(m).model_fields]
             if without:
                 raise ValueError(
-                    f"{_dotted(['search', 'space', path])}: variant '{without[0]}' ({self.variants[without[0]].kind}) has no such field "
+                    f"{dotted(['search', 'space', path])}: variant '{without[0]}' ({self.variants[without[0]].kind}) has no such field "
                     f"(got {path}). Search model fields only when every variant has them"
                 )
         if self.trial_count() > MAX_TRIALS:
@@ -334,7 +297,7 @@ class JobSpec(Strict):
             section, key = path.split(".", 1)
             models = {OptimSpec} if section == "optim" else {type(m) for m in self.variants.values()}
             for model in sorted(models, key=lambda m: m.__name__):
-                problems += _bad_values(_dotted(["search", "space", path]), domain, model, key)[:3]  # a few say enough
+                problems += _bad_values(dotted(["search", "space", path]), domain, model, key)[:3]  # a few say enough
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
@@ -368,141 +331,14 @@ def resolve_trial(job: JobSpec, variant: str, params: dict[str, Any]) -> TrialSp
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     """Read, override (`dotted.path=value`, value parsed as YAML) and validate a spec file."""
-    raw = _read_yaml(Path(path))
+    raw = read_yaml(Path(path))
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return parse_spec(raw)
 
 
 def parse_spec(raw: Any) -> JobSpec:
-    return _validated(JobSpec, _mapping(raw))
-
-
-def _mapping(raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise SpecError([f"spec: the top level must be a mapping of sections (got {type(raw).__name__}). Start with 'name: ...'"])
-    return raw
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError([f"{path}: file too large for a spec (got {size} bytes). Keep it under {MAX_SPEC_BYTES} bytes"])
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([f"{path}: file not found. Check the path (specs/cifar10.yaml is the default)"]) from None
-    except IsADirectoryError:
-        raise SpecError([f"{path}: is a folder, not a spec file. Name a .yaml file"]) from None
-    except (PermissionError, UnicodeDecodeError) as err:
-        raise SpecError([f"{path}: cannot be read ({type(err).__name__}). Check its permissions and encoding"]) from None
-    raw = _load_yaml(text, lambda parts: _dotted(parts) if parts else str(path))
-    if raw is None:
-        raise SpecError([f"{path}: the file is empty. Start from specs/smoke.yaml"])
-    return raw
-
-
-def _apply_override(raw: Any, item: str) -> None:
-    path, sep, text = item.partition("=")
-    if not sep or not path:
-        raise SpecError([f"--set: expected dotted.path=value (got {short_repr(item)}). Example: --set optim.epochs=3"])
-    parts = path.split(".")
-    where = f"--set {_dotted(parts)}"
-    if len(parts) > MAX_YAML_DEPTH:
-        raise SpecError([f"{where}: nested deeper than {MAX_YAML_DEPTH} levels (got {len(parts)}). Name a field of the spec."])
-    value = _load_yaml(text, lambda inner: f"--set {_dotted(parts + inner)}")
-    node = _mapping(raw)
-    for key in parts[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise SpecError([f"{where}: {short_repr(key)} is not a section (got {short_repr(node)}). Set a field inside a section"])
-    node[parts[-1]] = value
-
-
-def _load_yaml(text: str, where: Callable[[list[Any]], str]) -> Any:
-    """Plain YAML through `_SpecLoader`; every way PyYAML can fail becomes one `SpecError` line."""
-    try:
-        loader = _SpecLoader(text, where)  # the reader refuses unprintable characters right here
-        node = loader.get_single_node()
-        return None if node is None else loader.construct_document(node)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError([f"{where([])}: YAML syntax error{at}: {err.problem or err.context or 'invalid YAML'}. Fix the YAML there."]) from None
-    except yaml.reader.ReaderError as err:
-        line = text.count("\n", 0, err.position) + 1
-        raise SpecError([f"{where([])}: YAML syntax error at line {line}: character #x{err.character:04x} is not allowed. "
-                         "Remove it, or write it as an escape in a double-quoted string."]) from None
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing while it composes (before any Python object is built) what a
-    spec never needs and an attacker would use: type tags (`!!int abc` raises deep in PyYAML;
-    `!!python/...`), anchors and aliases (`*a` lists of `*b` lists expand exponentially, "billion
-    laughs", and `&a [*a]` is a value that contains itself; a spec is short enough to write out),
-    non-string and duplicate keys (a repeated `optim:` silently replaced the first), and more than
-    MAX_YAML_DEPTH levels, MAX_YAML_NODES values or MAX_SCALAR_CHARS characters in one value."""
-
-    def __init__(self, text: str, where: Callable[[list[Any]], str]) -> None:
-        super().__init__(text)
-        self.where, self.path, self.nodes = where, [], 0
-        self.keys: dict[int, dict[str, int]] = {}  # id of an open mapping node -> its keys' lines
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        # a mapping value comes with its key's node, a sequence item with its index, a key with None
-        self.path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
-        self._check(self.peek_event())
-        node = super().compose_node(parent, index)
-        self.path.pop()
-        if isinstance(parent, yaml.MappingNode) and index is None:
-            self._check_key(parent, node)
-        return node
-
-    def fetch_flow_collection_start(self, token_class: type) -> None:
-        """Bound `[[[[...` already in the scanner: its look-ahead for keys costs depth x length."""
-        if self.flow_level >= MAX_YAML_DEPTH:
-            mark = self.get_mark()
-            self._refuse(mark, f"nested deeper than {MAX_YAML_DEPTH} levels", f"'{self.peek()}'", "A spec is a few levels deep")
-        super().fetch_flow_collection_start(token_class)
-
-    def _check(self, event: yaml.Event) -> None:
-        self.nodes += 1
-        if isinstance(event, yaml.AliasEvent) or event.anchor:
-            mark = "*" if isinstance(event, yaml.AliasEvent) else "&"
-            self._refuse(event, "YAML anchors and aliases are not used in a spec", f"{mark}{shown(event.anchor)}", "Write the value out")
-        if event.tag is not None:
-            tag = event.tag.replace("tag:yaml.org,2002:", "!!")
-            self._refuse(event, "YAML type tags are not used in a spec", short_repr(tag), "Remove the tag: the schema gives each value its type")
-        if len(self.path) > MAX_YAML_DEPTH:
-            self._refuse(event, f"nested deeper than {MAX_YAML_DEPTH} levels", "one more level", "A spec is a few levels deep")
-        if self.nodes > MAX_YAML_NODES:
-            self._refuse(event, f"more than {MAX_YAML_NODES} values", "one more", "A spec is a page of YAML")
-        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR_CHARS:
-            self._refuse(event, f"a value longer than {MAX_SCALAR_CHARS} characters", f"{len(event.value)} characters", "Shorten it")
-
-    def _check_key(self, mapping: yaml.MappingNode, key: yaml.Node) -> None:
-        if not (isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:str"):
-            kind = key.tag.rsplit(":", 1)[-1]
-            got = f"{kind} {short_repr(key.value)}" if isinstance(key, yaml.ScalarNode) else "a list or mapping"
-            self._refuse(key, "keys must be strings", got, "Quote the key, or remove it")
-        seen = self.keys.setdefault(id(mapping), {})
-        if key.value in seen:
-            self.path.append(key.value)
-            first = seen[key.value] + 1
-            self._refuse(key, "duplicate key", "a second one", f"Merge it with the one at line {first}: the last would silently replace it")
-        seen[key.value] = key.start_mark.line
-
-    def _refuse(self, at: yaml.Event | yaml.Node | yaml.Mark, what: str, got: str, fix: str) -> NoReturn:
-        where = self.where([p for p in self.path if p is not None])
-        mark = at if isinstance(at, yaml.Mark) else at.start_mark
-        line, column = mark.line + 1, mark.column + 1
-        raise SpecError([f"{where}: {what} (got {got} at line {line}, column {column}). {fix}."])
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as err:  # PyYAML's readers of plain values: 2001-13-45, 1:1:...:1.5
-            self._refuse(node, f"YAML cannot read this value ({str(err)[:80]})", short_repr(node.value), "Quote it if it is text")
+    return _validated(JobSpec, as_mapping(raw))
 
 
 def _validated(model: type[BaseModel], raw: dict[str, Any]) -> Any:
@@ -515,7 +351,7 @@ def _validated(model: type[BaseModel], raw: dict[str, Any]) -> Any:
 def _problems(model: type[BaseModel], err: ValidationError) -> list[str]:
     lines: list[str] = []
     for e in err.errors():
-        path = _dotted(_clean_loc(e["loc"]))
+        path = dotted(_clean_loc(e["loc"]))
         if e["type"] == "extra_forbidden":
             lines.append(_unknown_key(model, path, e["loc"]))
         elif e["type"] == "union_tag_invalid":
@@ -555,16 +391,43 @@ def _field_adapter(model: type[BaseModel], key: str) -> TypeAdapter[Any]:
     return TypeAdapter(Annotated[field.annotation, field])
 
 
+def _tag_index(loc: tuple[Any, ...]) -> int | None:
+    """Where pydantic puts a tagged union's tag into an error location: after a variant's name, after a
+    trial's `model`, after `search.scheduler`, after a search path (a domain). Only there, so a user's
+    variant named like a kind (`variants.mlp.hiden`) keeps its name."""
+    for prefix, index in (("variants",), 2), (("model",), 1), (("search", "scheduler"), 2), (("search", "space"), 3):
+        if loc[: len(prefix)] == prefix and len(loc) > index:
+            return index
+    return None
+
+
 def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
-    """Drop the union tags pydantic puts into error locations, keeping the user's own keys."""
-    return [p for i, p in enumerate(loc) if p not in _KIND_TAGS and not (p in _DOMAIN_TAGS and loc[i + 1 : i + 2] == (p,))]
+    """The location as the user wrote it: the union tag pydantic adds is dropped, every user key kept."""
+    tag = _tag_index(loc)
+    return [p for i, p in enumerate(loc) if i != tag]
 
 
 def _unknown_key(model: type[BaseModel], path: str, loc: tuple[Any, ...]) -> str:
-    """The line for an unknown key. Its section is named by the key above it (a union tag for
-    variants and schedulers, which pydantic puts into the location), or is `model` at the top level."""
-    section = _SECTIONS.get(loc[-2]) if len(loc) > 1 and isinstance(loc[-2], str) else model
-    return _not_a_field(path, str(loc[-1]), list(section.model_fields) if section else [])
+    """The line for an unknown key, with the known fields of its section: the kind or scheduler named by
+    the union tag just above it, else the section reached by following the keys above it from `model`."""
+    tag = _tag_index(loc)
+    if tag == len(loc) - 2:
+        section: Any = SCHEDULERS.get(loc[tag]) if loc[0] == "search" else MODEL_KINDS.get(loc[tag])
+    else:
+        section = model
+        for key in loc[:-1]:
+            field = section.model_fields.get(key) if section else None
+            section = _section_type(field.annotation) if field else None
+    known = list(section.model_fields) if section else []
+    return _not_a_field(path, str(loc[-1]), known)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The spec model a field holds: itself, or the model in an optional one (`MLflowSpec | None`)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _not_a_field(where: str, key: str, known: list[str]) -> str:
@@ -573,46 +436,6 @@ def _not_a_field(where: str, key: str, known: list[str]) -> str:
     hint = difflib.get_close_matches(key.strip(), known, n=1, cutoff=0.5)
     fix = f"Did you mean '{hint[0]}'?" if hint else (f"Known fields: {', '.join(known)}." if known else "Remove it.")
     return f"{where}: not a field of the spec{spaced}. {fix}"
-
-
-def _dotted(parts: list[Any]) -> str:
-    """`search.space.optim.lr.grid[0]`, each key as `shown`: a path in a message cannot forge lines."""
-    text = ""
-    for part in parts:
-        text = f"{text or 'spec'}[{part}]" if isinstance(part, int) else f"{text}{'.' if text else ''}{shown(part)}"
-    return text or "spec"
-
-
-def shown(text: Any) -> str:
-    """A key or text as printed: itself when short, printable ASCII, else a short repr with
-    non-ASCII escaped too, so a look-alike letter (Cyrillic 'о' in 'optim') shows as \u043e."""
-    if isinstance(text, str) and 0 < len(text) <= 60 and text.isascii() and text.isprintable() and text == text.strip():
-        return text
-    return short_repr(text).encode("ascii", "backslashreplace").decode()
-
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    """A bounded repr for messages: reprlib stops early in long or deep values (a 10,000-value grid,
-    a huge string), and control characters come out escaped."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _printable(line: str) -> str:
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 60, 60, 40, 4
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 10
-
-
-# The key above an unknown one -> the model it belongs to. Unknown keys can only appear in these
-# (extra="forbid"); a variant's own name is followed by its kind tag, so user names never land here.
-_SECTIONS: dict[str, type[BaseModel]] = {
-    **{name: f.annotation for name, f in JobSpec.model_fields.items() if isinstance(f.annotation, type) and issubclass(f.annotation, Strict)},
-    "mlp": MLPSpec, "linear": LinearSpec, "fifo": FifoSpec, "asha": AshaSpec,
-}
 
 
 def json_schema() -> dict[str, Any]:

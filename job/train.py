@@ -17,13 +17,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from job.data import DeviceData, batch_indices, device_data, load_arrays, to_device
+from job.data import DeviceData, augment, batch_indices, device_data, load_arrays, to_device
 from job.models import build_model
 from job.results import EpochMetrics
 from job.spec import SpecError, TrialSpec
 
 EVAL_BATCH = 4096  # evaluation has no gradients: large batches cost nothing extra
 WEIGHTS, TRIAL_JSON = "model.pt", "trial.json"
+PRIVATE_ADAM_OPS = hasattr(torch, "_fused_adam_") and hasattr(torch, "_foreach_add_")  # what adam_step calls
 
 
 def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +54,8 @@ def choose_device(threads: int | None = None, use_cuda: bool = True) -> torch.de
 def new_state(trial: TrialSpec, device: torch.device) -> TrainState:
     torch.manual_seed(trial.seed)
     model = build_model(trial.model).to(device)
+    if device.type == "cuda":  # NHWC convolutions run on tensor cores without transposes; Linear weights are left as they are
+        model = model.to(memory_format=torch.channels_last)
     # The fused kernel does the whole Adam update in one pass; at batch 32 the update is about
     # half of each step, so this matters on the CPU as much as on CUDA.
     optimizer = torch.optim.Adam(
@@ -110,7 +113,9 @@ def train_epoch(state: TrainState, data: DeviceData, trial: TrialSpec, gen: torc
 
 
 def _step(state: TrainState, trial: TrialSpec, x: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> None:
-    """Forward, loss, backward, Adam; adds the batch's loss sum and correct count to `totals`."""
+    """Augment, forward, loss, backward, Adam; adds the batch's loss sum and correct count to `totals`."""
+    if trial.data.augment:
+        x = augment(x, trial.data.crop_padding)
     with _autocast(trial, x.device):
         loss, sums = state.forward(state.model, x, y)
     if x.device.type == "cpu":
@@ -129,7 +134,12 @@ def adam_step(optimizer: torch.optim.Optimizer) -> None:
     On the CPU at batch 32 those wrappers (grad-mode and profiler hooks, state checks, regrouping)
     took ~0.17 ms of a ~1.15 ms step. This calls the kernel `Adam(fused=True)` calls and keeps the
     state entries `Adam` keeps, so results and checkpoints are bit-identical (tests/test_train.py).
+    The ops are private: with a torch release that lacks them, this is the public two calls.
     """
+    if not PRIVATE_ADAM_OPS:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return
     for group in optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
         states = [optimizer.state[p] for p in params]

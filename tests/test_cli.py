@@ -81,7 +81,7 @@ def test_validate_reports_user_errors(tmp_path: Path, content: str | None, overr
 
 def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: Bad\nvariants: {a: {kind: cnn}}\noptim: {lr: 0, epochs: 0}\n")
+    spec.write_text("name: Bad\nvariants: {a: {kind: vit}}\noptim: {lr: 0, epochs: 0}\n")
     result = sweep("validate", spec)
     lines = assert_user_error(result, "name", "variants.a.kind", "optim.lr", "optim.epochs")
     assert result.stdout == ""

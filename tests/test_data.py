@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms
 
 import job.data
-from job.data import Arrays, batch_indices, load_arrays, synthetic_arrays, to_device
+from job.data import Arrays, augment, batch_indices, load_arrays, synthetic_arrays, to_device
 from job.spec import DataSpec, SpecError
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.gz"
@@ -104,14 +104,14 @@ def test_to_device_normalizes_like_the_seed() -> None:
     a.x_train[0].fill_(0)
     a.x_train[1].fill_(255)
     d = to_device(a, CPU)
-    assert d.x_train.shape == (20, 3072) and d.x_test.shape == (10, 3072)
+    assert d.x_train.shape == (20, 3, 32, 32) and d.x_test.shape == (10, 3, 32, 32)
     assert d.x_train.dtype == torch.float32
     assert float(d.x_train[0].min()) == -1.0 and float(d.x_train[1].max()) == 1.0
     assert float(d.x_train.min()) >= -1.0 and float(d.x_train.max()) <= 1.0
     seed_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
     for i in range(2, 6):
         pil = Image.fromarray(a.x_train[i].permute(1, 2, 0).numpy())  # HWC uint8, as torchvision's CIFAR10 yields
-        torch.testing.assert_close(d.x_train[i], seed_transform(pil).flatten(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(d.x_train[i], seed_transform(pil), rtol=0, atol=1e-6)
     assert torch.equal(d.y_train, a.y_train) and torch.equal(d.y_test, a.y_test)
 
 
@@ -120,6 +120,46 @@ def test_to_device_leaves_the_uint8_arrays_alone() -> None:
     before = a.x_train.clone()
     to_device(a, CPU)
     assert torch.equal(a.x_train, before)
+
+
+def crops_of(image: torch.Tensor, padding: int) -> list[tuple[int, int, bool, torch.Tensor]]:
+    """Every crop augment may return for one image, with its row and column offsets and whether it is mirrored."""
+    padded = torch.nn.functional.pad(image[None], (padding,) * 4, mode="reflect")[0] if padding else image
+    crops = []
+    for dy in range(2 * padding + 1):
+        for dx in range(2 * padding + 1):
+            crop = padded[:, dy : dy + 32, dx : dx + 32]
+            crops += [(dy, dx, False, crop), (dy, dx, True, crop.flip(2))]
+    return crops
+
+
+@pytest.mark.parametrize("padding", [0, 2, 4])
+def test_augment_returns_random_crops_and_mirror_images(padding: int) -> None:
+    x = to_device(synthetic_arrays(10, 64, seed=3), CPU).x_test
+    torch.manual_seed(0)
+    out = augment(x, padding)
+    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    assert out.is_contiguous(memory_format=torch.channels_last)  # what CUDA convolutions want
+    drawn = []
+    for image, got in zip(x, out):
+        matches = [(dy, dx, flip) for dy, dx, flip, crop in crops_of(image, padding) if torch.equal(crop, got)]
+        assert matches, "not a crop of the padded image, nor its mirror image"
+        drawn.append(matches[0])
+    assert {flip for _, _, flip in drawn} == {False, True}  # 64 images: both sides come up
+    if padding:
+        assert len({(dy, dx) for dy, dx, _ in drawn}) > 10, drawn  # offsets vary from image to image
+        rows = [dy for dy, _, _ in drawn]
+        assert max(rows) - min(rows) >= padding  # and span the padding
+
+
+def test_augment_draws_from_the_device_generator() -> None:
+    x = to_device(synthetic_arrays(10, 32, seed=3), CPU).x_test
+    torch.manual_seed(5)
+    a = augment(x, 4)
+    torch.manual_seed(5)
+    b = augment(x, 4)
+    c = augment(x, 4)
+    assert torch.equal(a, b) and not torch.equal(b, c)  # seeded by the trial's seed, saved with its checkpoints
 
 
 @pytest.mark.parametrize("n, batch, sizes", [(96, 32, [32, 32, 32]), (100, 32, [32, 32, 32, 4]), (65, 32, [32, 32])])

@@ -1,4 +1,5 @@
-"""job.models: the registry's MLP is the seed notebook's Net, DropoutNet and BNNet, parameter for parameter."""
+"""job.models: the registry's MLP is the seed notebook's Net, DropoutNet and BNNet, parameter for parameter;
+the conv net has the documented shape; every registered kind builds."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from job.models import CLASSES, IN_FEATURES, MODELS, build_model
-from job.spec import LinearSpec, MLPSpec, parse_spec
+from job.models import CLASSES, IN_FEATURES, Residual, build_model
+from job.registry import MODEL_KINDS, KindSpec
+from job.spec import CNNSpec, LinearSpec, MLPSpec, SpecError, parse_spec
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "shared" / "seed" / "cifar10_mlp_notebook.txt"
 
@@ -139,8 +141,67 @@ def test_linear_kind() -> None:
     assert model(images(4)).shape == (4, 10)
 
 
-def test_registry_matches_the_spec_kinds() -> None:
-    assert set(MODELS) == {"mlp", "linear"}
-    job = parse_spec({"name": "t", "variants": {"m": {}, "l": {"kind": "linear"}}})
+def test_every_registered_kind_builds_a_network_from_its_defaults() -> None:
+    assert set(MODEL_KINDS) >= {"mlp", "linear", "cnn"}
+    for tag, spec in MODEL_KINDS.items():
+        model = build_model(spec()).eval()
+        assert model(images(2)).shape == (2, CLASSES), tag
+    job = parse_spec({"name": "t", "variants": {"m": {}, "l": {"kind": "linear"}, "c": {"kind": "cnn", "width": 8}}})
     assert isinstance(build_model(job.variants["m"])[1], nn.Linear)
     assert n_params(build_model(job.variants["l"])) == 30_730
+    assert isinstance(build_model(job.variants["c"])[0][0], nn.Conv2d)
+
+
+def test_a_kind_whose_build_is_not_a_module_is_one_user_error() -> None:
+    class Broken(KindSpec):
+        kind: str = "broken"
+
+        def build(self) -> object:
+            return "a network"
+
+    with pytest.raises(SpecError, match=r"model kind 'broken': Broken.build\(\) returned str, not a torch.nn.Module"):
+        build_model(Broken())
+
+
+def conv_params(c_in: int, c_out: int) -> int:
+    return c_in * c_out * 9 + 2 * c_out  # a 3x3 conv without bias, then batch norm's weight and bias
+
+
+@pytest.mark.parametrize("width, stages, blocks", [(16, 3, 1), (8, 2, 0), (4, 4, 2)])
+def test_cnn_shape_and_parameter_count(width: int, stages: int, blocks: int) -> None:
+    model = build_model(CNNSpec(width=width, stages=stages, blocks=blocks))
+    widths = [width * 2**s for s in range(stages)]
+    expected = conv_params(3, width) + CLASSES * (widths[-1] + 1)
+    for previous, w in zip([width] + widths, widths):
+        expected += conv_params(previous, w) + blocks * 2 * conv_params(w, w)
+    assert n_params(model) == expected
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == stages
+    assert sum(isinstance(m, Residual) for m in model.modules()) == stages * blocks
+    assert [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)][-1] == widths[-1]
+    x = images(3)
+    assert model.eval()(x).shape == (3, CLASSES)
+    side = 32
+    for layer in model:  # each stage halves the image side, down to 32 / 2**stages before global pooling
+        if isinstance(layer, nn.AdaptiveMaxPool2d):
+            break
+        x = layer(x)
+        side = x.shape[-1]
+    assert side == 32 // 2**stages and x.shape[1] == widths[-1]
+
+
+def test_cnn_residual_adds_its_input() -> None:
+    block = Residual(8, "relu").eval()
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(block(x), x + block.body(x))
+    with torch.no_grad():
+        for m in block.body.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.zero_(), m.bias.zero_()  # the body now outputs ReLU(0) = 0: the block is the identity
+    torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize("activation, cls", [("relu", nn.ReLU), ("gelu", nn.GELU)])
+def test_cnn_activation(activation: str, cls: type[nn.Module]) -> None:
+    model = build_model(CNNSpec(width=4, stages=1, blocks=1, activation=activation))
+    acts = [type(m) for m in model.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
+    assert acts == [cls] * 4  # stem, stage, and the residual's two

@@ -48,7 +48,7 @@ BAD_SPECS = [
     pytest.param(spec_with(optim={"batch_size": 1}), "optim.batch_size", ["greater than or equal to 2", "(got 1)"], id="batch-too-small"),
     pytest.param(spec_with(variants={"a": {"dropout": 1.0}}), "variants.a.dropout", ["less than 1", "(got 1.0)"], id="dropout-1"),
     pytest.param(spec_with(resources={"gpus": -0.5}), "resources.gpus", ["greater than or equal to 0"], id="gpus-negative"),
-    pytest.param(spec_with(variants={"a": {"kind": "cnn"}}), "variants.a.kind", ["unknown kind (got 'cnn')", "'mlp', 'linear'"], id="bad-kind"),
+    pytest.param(spec_with(variants={"a": {"kind": "vit"}}), "variants.a.kind", ["unknown kind (got 'vit')", "'mlp', 'linear', 'cnn'"], id="bad-kind"),
     pytest.param(
         spec_with(search={"space": {"optim.lrr": {"grid": [1e-3]}}}),
         "search.space.optim.lrr", ["not a field of the spec", "Did you mean 'optim.lr'?"], id="search-path",
@@ -506,3 +506,13 @@ def test_a_spec_with_too_many_trials_is_refused(tmp_path: Path) -> None:
         load_spec(spec)
     (line,) = caught.value.problems
     assert line.startswith("search: the spec defines 10,201 trials") and "under 10,000" in line
+
+
+@pytest.mark.parametrize("raw, line", [
+    ({"tracking": {"mlflow": {"trackin_uri": "x"}}}, "tracking.mlflow.trackin_uri: not a field of the spec. Did you mean 'tracking_uri'?"),
+    ({"optim": {"lrr": 1}}, "optim.lrr: not a field of the spec. Did you mean 'lr'?"),
+    ({"variants": {"optim": {"kind": "mlp", "lrr": 1}}}, "variants.optim.lrr: not a field of the spec. Known fields: kind, hidden, depth, dropout, batch_norm."),
+])
+def test_unknown_keys_are_looked_up_in_their_own_section(raw: dict[str, Any], line: str) -> None:
+    """The hint follows the user's keys down the spec, through optional sections and past variant names."""
+    assert problems_of({"name": "t", "variants": {"a": {}}, **raw}) == [line]

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
+from job.registry import MODEL_KINDS
 from job.spec import SEARCHABLE, AshaSpec, JobSpec, MLPSpec, OptimSpec, SpecError, Strict, load_spec, parse_spec, resolve_trial
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def test_random_overrides_are_accepted_or_refused_in_one_line_each(base: Path, o
 
 def searchable_field(path: str) -> FieldInfo:
     section, key = path.split(".")
-    return (OptimSpec if section == "optim" else MLPSpec).model_fields[key]
+    return OptimSpec.model_fields[key] if section == "optim" else next(k.model_fields[key] for k in MODEL_KINDS.values() if key in k.model_fields)
 
 
 def near_bounds(path: str) -> st.SearchStrategy[Any]:

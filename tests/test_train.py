@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,16 @@ def synthetic_trial(variant: str = "batchnorm", epochs: int = 1, **optim: object
         "optim": {"lr": 1e-3, "batch_size": 64, "epochs": epochs, **optim},
     }
     return resolve_trial(parse_spec(raw), variant, {})
+
+
+def cnn_trial(epochs: int = 1, augment: bool = True, **optim: object) -> TrialSpec:
+    raw = {
+        "name": "t",
+        "data": {"dataset": "synthetic", "synthetic_train": 256, "synthetic_test": 100, "augment": augment},
+        "variants": {"cnn": {"kind": "cnn", "width": 8, "stages": 2, "blocks": 1}},
+        "optim": {"lr": 3e-3, "batch_size": 32, "epochs": epochs, **optim},
+    }
+    return resolve_trial(parse_spec(raw), "cnn", {})
 
 
 def run(trial: TrialSpec, device: torch.device = CPU, state: job.train.TrainState | None = None) -> list[tuple[EpochMetrics, job.train.TrainState]]:
@@ -126,6 +138,33 @@ def test_adam_step_is_bit_identical_to_the_optimizer_step(weight_decay: float) -
         for name, value in entries.items():
             assert value.dtype == mine["state"][key][name].dtype and torch.equal(value, mine["state"][key][name]), name
     assert adam["state"][0]["step"].item() == 8
+
+
+def test_adam_step_without_the_private_ops_is_the_optimizer_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch release without the private ops trains on, through the public Adam, to the same weights."""
+    trial = synthetic_trial()
+    ours, theirs = new_state(trial, CPU), new_state(trial, CPU)
+    x, y = torch.randn(3, 16, 3, 32, 32), torch.randint(0, 10, (3, 16))
+    monkeypatch.setattr(job.train, "PRIVATE_ADAM_OPS", False)
+    public_steps: list[int] = []  # step hooks run in optimizer.step(), which the private path skips
+    ours.optimizer.register_step_post_hook(lambda *_: public_steps.append(1))
+    for xb, yb in zip(x, y):
+        for state in (ours, theirs):
+            torch.nn.functional.cross_entropy(state.model(xb), yb).backward()
+        adam_step(ours.optimizer)
+        theirs.optimizer.step()
+        theirs.optimizer.zero_grad(set_to_none=True)
+        assert all(p.grad is None for p in ours.model.parameters())
+    for a, b in zip(ours.model.state_dict().values(), theirs.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert ours.optimizer.state_dict()["state"][0]["step"].item() == 3 and len(public_steps) == 3
+
+
+@pytest.mark.parametrize("op", ["_fused_adam_", "_foreach_add_"])
+def test_a_torch_without_a_private_op_is_noticed(op: str) -> None:
+    code = f"import torch; del torch.{op}; import job.train; print(job.train.PRIVATE_ADAM_OPS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
 
 
 def test_compiled_forward_trains_like_the_eager_one() -> None:
@@ -229,8 +268,9 @@ def test_a_damaged_checkpoint_is_one_user_error(tmp_path: Path, damage: str) -> 
 
 
 def test_a_resumed_dropout_trial_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
-    """Dropout draws from the global generator, so this fails unless the checkpoint carries its state."""
+    """Dropout and augmentation draw from the global generator: this fails unless the checkpoint carries its state."""
     trial = synthetic_trial("dropout", epochs=3)
+    trial = trial.model_copy(update={"data": trial.data.model_copy(update={"augment": True})})
     straight = run(trial)
     first = list(zip(range(1), train_trial(trial, CPU)))[0][1]  # stop after epoch 1, as a kill would
     save_checkpoint(tmp_path, first[1], trial, first[0])
@@ -285,7 +325,38 @@ def test_new_state_is_seeded() -> None:
     assert a.optimizer.defaults["lr"] == 1e-3
 
 
-# The CUDA path (graph step equals eager, bf16, checkpoints on the GPU) is tests/test_gpu.py's.
+def test_cnn_fits_a_small_training_set_on_the_cpu() -> None:
+    """The whole path learns: convs, batch norm, residuals, pooling, Adam. Fitting, not generalizing: the
+    synthetic data's faint smooth patterns suit the MLP; on CIFAR-10 the conv net generalizes (README)."""
+    history = [m for m, _ in run(cnn_trial(epochs=5, augment=False))]
+    assert history[-1].train_acc >= 60.0, history  # chance is 10%; 82% on this seed
+    assert history[-1].train_loss < history[0].train_loss / 2
+
+
+def test_augmentation_is_in_the_training_path_and_seeded() -> None:
+    plain, (augmented, state), again = run(cnn_trial(augment=False))[0][0], run(cnn_trial())[0], run(cnn_trial())[0][0]
+    assert augmented.train_loss != plain.train_loss  # the batches the model trained on were changed
+    assert (augmented.train_loss, augmented.test_acc) == (again.train_loss, again.test_acc)
+    assert not state.model.training  # evaluation sees the test images as they are (eval mode, no augmentation)
+
+
+# The CUDA path (graph step equals eager, bf16, checkpoints on the GPU) is tests/test_gpu.py's; the conv net's below.
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cnn_cuda_graph_step_trains_like_the_eager_loop_on_cuda(precision: str) -> None:
+    cuda = torch.device("cuda")
+    graphed = run(cnn_trial(epochs=2, precision=precision), cuda)
+    eager = run(cnn_trial(epochs=2, precision=precision, cuda_graph=False), cuda)
+    assert graphed[-1][1].graph is not None and eager[-1][1].graph is None
+    first_conv = graphed[-1][1].model[0][0].weight
+    assert first_conv.is_contiguous(memory_format=torch.channels_last)
+    for (g, _), (e, _) in zip(graphed, eager, strict=True):
+        assert g.train_loss == pytest.approx(e.train_loss, rel=2e-2 if precision == "bf16" else 1e-3)
+        assert g.test_acc == pytest.approx(e.test_acc, abs=2.0)
+    assert graphed[-1][0].test_acc >= 40.0
 
 
 # ---- the seed's experiment on the real data ----
