@@ -19,7 +19,8 @@ import torch
 from filelock import FileLock
 from torch.nn import functional as F
 
-from job.spec import DataSpec, SpecError
+from job.registry import CLASSES, DATASET_PLUGINS, DATASETS_GROUP
+from job.spec import DataSpec, SpecError, UserError
 
 # torchvision is imported only where the CIFAR-10 cache is built: importing it pulls in its models and
 # ops, and with them torch._dynamo (1.5 s of a trial worker's 4 s start on 2 cores), which a sweep on
@@ -54,13 +55,41 @@ class DeviceData:
 def load_arrays(spec: DataSpec, seed: int) -> Arrays:
     if spec.dataset == "synthetic":
         return synthetic_arrays(spec.synthetic_train, spec.synthetic_test, seed)
-    return cifar10_arrays(spec)
+    if spec.dataset == "cifar10":
+        return cifar10_arrays(spec)
+    return plugin_arrays(spec, seed)
 
 
 def prepare(spec: DataSpec) -> None:
-    """Fetch, verify and cache the dataset on this node, so a bad source is one error before any trial."""
+    """Fetch, verify and cache the dataset on this node, so a bad source (or plugin) is one error before any trial."""
     if spec.dataset == "cifar10":
         cifar10_arrays(spec)
+    elif spec.dataset != "synthetic":
+        plugin_arrays(spec, seed=0)
+
+
+def plugin_arrays(spec: DataSpec, seed: int) -> Arrays:
+    """A plugin's dataset: its `sweep_job.datasets` entry point is `load(root: Path, seed: int)`, returning
+    x_train, y_train, x_test, y_test (as attributes or keys; tensors or NumPy arrays), checked here
+    against the layout trials use: uint8 images [N, 3, 32, 32], integer labels in [0, 10)."""
+    point = DATASET_PLUGINS[spec.dataset]
+    where = f"data.dataset: '{spec.dataset}' from entry point {DATASETS_GROUP}:{point.name} ({point.value})"
+    try:
+        got = point.load()(Path(spec.root).expanduser(), seed)
+    except UserError:
+        raise
+    except Exception as err:  # a plugin can fail in any way; the user needs its name and the error, in one line
+        raise SpecError([f"{where}: loading failed ({type(err).__name__}: {err}). Fix or uninstall the plugin"]) from None
+    parts = {name: got.get(name) if isinstance(got, dict) else getattr(got, name, None) for name in Arrays.__dataclass_fields__}
+    arrays = {name: torch.as_tensor(value) for name, value in parts.items() if value is not None}
+    for split in ("train", "test"):
+        x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
+        if x is None or y is None or x.dtype != torch.uint8 or x.shape[1:] != (3, 32, 32) or y.shape != x.shape[:1]:
+            shapes = {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
+            raise SpecError([f"{where}: x_{split} must be uint8 [N, 3, 32, 32] and y_{split} [N] labels (got {shapes}). Fix the plugin"])
+        if y.is_floating_point() or len(y) < 2 or int(y.min()) < 0 or int(y.max()) >= CLASSES:
+            raise SpecError([f"{where}: y_{split} must hold integer labels 0-{CLASSES - 1} (got {y.dtype}, {len(y)} labels). Fix the plugin"])
+    return Arrays(**{k: v.long() if k.startswith("y") else v.contiguous() for k, v in arrays.items()})
 
 
 def cifar10_arrays(spec: DataSpec) -> Arrays:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from job.registry import CNNSpec, KindSpec, LinearSpec, MLPSpec
+from job.registry import CLASSES, CNNSpec, KindSpec, LinearSpec, MLPSpec
 from job.specfile import SpecError
 
 IN_FEATURES = 32 * 32 * 3  # CIFAR-10 images, flattened
-CLASSES = 10
 
 
 def build_mlp(spec: MLPSpec) -> nn.Sequential:

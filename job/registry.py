@@ -1,6 +1,7 @@
-"""Model kinds in one place: each kind is one spec class (fields, bounds, docs) whose `build()` returns
-its network. The built-in kinds and those that plugins add through the `sweep_job.models` entry points
-are collected in `MODEL_KINDS`, from which job.spec derives everything else. Must not import torch or ray.
+"""Model kinds and datasets in one place. A kind is one spec class (fields, bounds, docs) whose `build()`
+returns its network; the built-in kinds and those plugins add through `sweep_job.models` entry points are
+collected in `MODEL_KINDS`, from which job.spec derives everything else. Datasets are names here (the
+built-in two and the `sweep_job.datasets` entry points), loaded by job.data. Must not import torch or ray.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from job.specfile import SpecError
 
 MODELS_GROUP = "sweep_job.models"  # entry points: name = kind, value = "package.module:SpecClass"
+DATASETS_GROUP = "sweep_job.datasets"  # entry points: name = data.dataset, value = "package.module:load" (job.data)
+BUILT_IN_DATASETS = ("cifar10", "synthetic")
+CLASSES = 10  # every dataset has CIFAR-10's ten classes, and every kind's network ends in ten logits
 
 
 class Strict(BaseModel):
@@ -111,7 +115,24 @@ def collect_kinds(built_in: tuple[type[KindSpec], ...], group: str = MODELS_GROU
     return kinds, problems
 
 
-MODEL_KINDS, PLUGIN_PROBLEMS = collect_kinds(BUILT_IN)
+def dataset_plugins(group: str = DATASETS_GROUP) -> tuple[dict[str, metadata.EntryPoint], list[str]]:
+    """Dataset name -> its entry point, not yet loaded: reading a spec needs only the names, so a dataset
+    plugin's imports (torch, its own) wait until job.data loads it, in the driver before any trial."""
+    points: dict[str, metadata.EntryPoint] = {}
+    problems = []
+    for point in sorted(metadata.entry_points(group=group), key=lambda p: p.name):
+        if point.name in BUILT_IN_DATASETS or point.name in points:
+            problems.append(f"entry point {group}:{point.name} ({point.value}): dataset '{point.name}' is already defined. "
+                            "Rename the plugin's dataset.")
+        else:
+            points[point.name] = point
+    return points, problems
+
+
+MODEL_KINDS, _KIND_PROBLEMS = collect_kinds(BUILT_IN)
+DATASET_PLUGINS, _DATASET_PROBLEMS = dataset_plugins()
+DATASETS = (*BUILT_IN_DATASETS, *DATASET_PLUGINS)  # what data.dataset accepts
+PLUGIN_PROBLEMS = _KIND_PROBLEMS + _DATASET_PROBLEMS
 for _line in PLUGIN_PROBLEMS:
     print(f"warning: {SpecError([_line]).problems[0]}", file=sys.stderr)  # printable, as every user-facing line
 

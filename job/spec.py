@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Literal, Union, get_args
 from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from job.registry import BUILT_IN, MODEL_KINDS, CNNSpec, KindSpec, LinearSpec, MLPSpec, Strict, kind_tag, searchable_fields
+from job.registry import BUILT_IN, DATASETS, MODEL_KINDS, CNNSpec, KindSpec, LinearSpec, MLPSpec, Strict, kind_tag, searchable_fields
 from job.results import METRIC_MODES
 from job.specfile import MAX_SPEC_BYTES, SpecError, UserError, apply_override, as_mapping, dotted, read_yaml, short_repr, shown
 
@@ -28,7 +28,7 @@ MAX_TRIALS = 10_000  # a sweep beyond this is a typo in a grid, not a plan: Tune
 
 
 class DataSpec(Strict):
-    dataset: Literal["cifar10", "synthetic"] = Field("cifar10", description="cifar10, or synthetic CIFAR-format data made offline")
+    dataset: Literal[DATASETS] = Field("cifar10", description="cifar10, synthetic (CIFAR-format data made offline), or a plugin's")
     root: str = Field("~/.cache/sweep-job", description="cache folder for the dataset, one per node")
     source: str | None = Field(None, description="mirror of cifar-10-python.tar.gz: local path, https:// or s3:// URL")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the archive at `source` (hex)")

@@ -3,10 +3,12 @@ the JSON schema follow from it, for the built-in kinds and for a kind a plugin a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -176,3 +178,111 @@ def test_a_plugin_may_not_replace_a_built_in_kind(tmp_path: Path) -> None:
     result = sweep(["schema"], env)
     assert result.returncode == 0 and "Shadow" not in result.stdout
     assert result.stderr.startswith("warning: entry point sweep_job.models:cnn (shadow:Shadow): kind 'cnn' is already defined by job.registry")
+
+
+# ---- the example plugin, pip-installed into a fresh virtualenv, through a whole sweep ----
+
+EXAMPLE = REPO / "examples" / "sweep-job-example"
+
+
+def fresh_venv(folder: Path) -> Path:
+    """A new virtualenv whose own site-packages holds only what is installed into it, which borrows the
+    checkout's dependencies (torch, Ray, sweep-job itself) as a site dir: torch alone would take
+    minutes to install again."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
+    python = folder / "bin" / "python"
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    host = sysconfig.get_paths()["purelib"]
+    Path(own, "_sweep_job_host.pth").write_text(f"import site; site.addsitedir({host!r})\n")
+    return python
+
+
+@pytest.mark.slow
+def test_the_example_plugin_installed_with_pip_runs_a_sweep_of_its_model_on_its_dataset(tmp_path: Path) -> None:
+    python = fresh_venv(tmp_path / "venv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "PYTHONPATH"))}
+    env.update(HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    spec = EXAMPLE / "stripes.yaml"
+
+    def job(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python, "-m", "job", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    before = job("validate", str(spec))
+    assert before.returncode == 2 and "data.dataset: input should be 'cifar10' or 'synthetic' (got 'stripes')" in before.stderr
+    assert "variants.lenet.kind: unknown kind (got 'lenet')" in before.stderr
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-build-isolation", "--no-index", str(EXAMPLE)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert job("validate", str(spec)).returncode == 0
+    results = tmp_path / "results"
+    run = job("run", str(spec), "--set", f"storage.uri={results}", "--set", "optim.epochs=2")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    (board,) = results.glob("stripes-lenet/*/report/leaderboard.csv")
+    with board.open() as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"lenet", "cnn"} and {r["status"] for r in rows.values()} == {"TERMINATED"}, rows
+    assert all(float(r["best_test_acc"]) > 20.0 for r in rows.values()), rows  # chance is 10%; 25% and 39% seen after 2 epochs
+
+
+DATASET_PLUGIN = '''
+    import numpy as np
+
+
+    def arrays(n, images=None, labels=None):
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8) if images is None else images
+        y = rng.integers(0, 10, n) if labels is None else labels
+        return x, y
+
+
+    def good(root, seed):
+        (x, y), (xt, yt) = arrays(20), arrays(10)
+        return {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt, "root": str(root), "seed": seed}
+
+
+    def floaty(root, seed):
+        x, y = arrays(20)
+        return {"x_train": x.astype("float32"), "y_train": y, "x_test": x, "y_test": y}
+
+
+    def eleven(root, seed):
+        x, y = arrays(20, labels=np.arange(20) % 11)
+        return {"x_train": x, "y_train": y, "x_test": x, "y_test": y}
+
+
+    def boom(root, seed):
+        raise ValueError("no such bucket")
+'''
+DATASET_POINTS = "\n".join(["[sweep_job.datasets]", "good = dsplugin:good", "floaty = dsplugin:floaty", "eleven = dsplugin:eleven",
+                            "boom = dsplugin:boom", "cifar10 = dsplugin:good"])
+PROBE = """
+from job import data
+from job.spec import DataSpec, SpecError
+for name in ("good", "floaty", "eleven", "boom"):
+    try:
+        arrays = data.load_arrays(DataSpec(dataset=name), seed=3)
+        print(name, "ok", tuple(arrays.x_train.shape), arrays.y_train.dtype, tuple(arrays.x_test.shape))
+    except SpecError as err:
+        print(name, "|".join(err.problems))
+"""
+
+
+def test_a_plugin_dataset_is_loaded_in_the_trials_layout_or_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dsplugin.py").write_text(textwrap.dedent(DATASET_PLUGIN))
+    info = tmp_path / "dsplugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dsplugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(DATASET_POINTS + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    result = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: entry point sweep_job.datasets:cifar10 (dsplugin:good): dataset 'cifar10' is already defined")
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines["good"] == "ok (20, 3, 32, 32) torch.int64 (10, 3, 32, 32)"
+    where = "data.dataset: '{}' from entry point sweep_job.datasets:{} (dsplugin:{})"
+    assert lines["floaty"].startswith(where.format(*["floaty"] * 3) + ": x_train must be uint8 [N, 3, 32, 32]")
+    assert lines["eleven"].startswith(where.format(*["eleven"] * 3) + ": y_train must hold integer labels 0-9")
+    assert lines["boom"] == where.format(*["boom"] * 3) + ": loading failed (ValueError: no such bucket). Fix or uninstall the plugin"

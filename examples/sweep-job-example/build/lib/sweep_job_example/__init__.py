@@ -1,0 +1,1 @@
+"""An example sweep-job plugin: `kind: lenet` (models.py) and `dataset: stripes` (data.py)."""
