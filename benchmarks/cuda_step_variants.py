@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+from epoch_throughput import BATCH, timed, trial_for  # this folder's other benchmark: its batch, trial and timer
 from torch.nn import functional as F
 
-from epoch_throughput import BATCH, timed, trial_for  # this folder's other benchmark: its batch, trial and timer
 from job import train as jobtrain
 from job.data import DeviceData
 from job.spec import DataSpec

@@ -18,8 +18,8 @@ import platform
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -61,8 +61,12 @@ class PILArrays(Dataset):
 
 
 def trial_for(data: DataSpec, compile: bool = False) -> TrialSpec:
-    raw = {"name": "bench", "variants": {"batchnorm": {"kind": "mlp", "hidden": HIDDEN, "batch_norm": True}},
-           "optim": {"lr": LR, "batch_size": BATCH, "epochs": 1, "compile": compile}, "data": data.model_dump()}
+    raw = {
+        "name": "bench",
+        "variants": {"batchnorm": {"kind": "mlp", "hidden": HIDDEN, "batch_norm": True}},
+        "optim": {"lr": LR, "batch_size": BATCH, "epochs": 1, "compile": compile},
+        "data": data.model_dump(),
+    }
     return resolve_trial(parse_spec(raw), "batchnorm", {})
 
 
@@ -84,12 +88,12 @@ def seed_datasets(spec: DataSpec, arrays: jobdata.Arrays, cache: Path) -> tuple[
         with tarfile.open(spec.source) as tar:
             tar.extractall(scratch, filter="data")
         os.replace(scratch, root)
-    return (MirrorCIFAR10(str(root), train=True, transform=SEED_TRANSFORM),
-            MirrorCIFAR10(str(root), train=False, transform=SEED_TRANSFORM))
+    return (MirrorCIFAR10(str(root), train=True, transform=SEED_TRANSFORM), MirrorCIFAR10(str(root), train=False, transform=SEED_TRANSFORM))
 
 
-def seed_epoch(net: nn.Module, optimizer: optim.Optimizer, trainloader: DataLoader, testloader: DataLoader,
-               device: torch.device, limit: int | None = None) -> float:
+def seed_epoch(
+    net: nn.Module, optimizer: optim.Optimizer, trainloader: DataLoader, testloader: DataLoader, device: torch.device, limit: int | None = None
+) -> float:
     """The notebook's epoch, verbatim but for `limit` (warm-up only); returns its test accuracy."""
     criterion = nn.CrossEntropyLoss()
     net.train()
@@ -183,14 +187,21 @@ def main() -> None:
     arrays = jobdata.load_arrays(spec, seed=0)
     source = f"synthetic ({spec.synthetic_train}/{spec.synthetic_test})" if spec.dataset == "synthetic" else f"CIFAR-10 mirror {spec.source}"
     name = jobtrain.device_name(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"data: {source}; model: mlp hidden {HIDDEN} + batch norm; batch {BATCH}; epochs {args.epochs}; best of {args.repeats}"
-          f"{'; ours with optim.compile' if args.compile else ''}")
-    print(f"device: {device} ({name}); torch {torch.__version__}; torchvision {torchvision.__version__}; "
-          f"threads {torch.get_num_threads()}; cpus {os.cpu_count()}; python {platform.python_version()}")
+    print(
+        f"data: {source}; model: mlp hidden {HIDDEN} + batch norm; batch {BATCH}; epochs {args.epochs}; best of {args.repeats}"
+        f"{'; ours with optim.compile' if args.compile else ''}"
+    )
+    print(
+        f"device: {device} ({name}); torch {torch.__version__}; torchvision {torchvision.__version__}; "
+        f"threads {torch.get_num_threads()}; cpus {os.cpu_count()}; python {platform.python_version()}"
+    )
     n = len(arrays.y_train)
     ours_s, ours_acc, prep_s = bench_ours(spec, arrays, args, device)
-    print(f"(b) ours: {ours_s:.2f} s/epoch, {n / ours_s:,.0f} samples/s, test_acc {ours_acc:.2f}% "
-          f"(once per trial, untimed above: load {load_s:.2f} s, to_device {prep_s:.2f} s)", flush=True)
+    print(
+        f"(b) ours: {ours_s:.2f} s/epoch, {n / ours_s:,.0f} samples/s, test_acc {ours_acc:.2f}% "
+        f"(once per trial, untimed above: load {load_s:.2f} s, to_device {prep_s:.2f} s)",
+        flush=True,
+    )
     seed_s, seed_acc = bench_seed(spec, arrays, args, device)
     print(f"(a) seed: {seed_s:.2f} s/epoch, {n / seed_s:,.0f} samples/s, test_acc {seed_acc:.2f}%")
     print(f"seed_samples_per_s = {n / seed_s:.0f}  ours_samples_per_s = {n / ours_s:.0f}  ratio b/a = {seed_s / ours_s:.1f}x")

@@ -28,9 +28,20 @@ START = re.compile(r"\] start  (\S+) ")
 def run(algorithm: str, seed: int, args: argparse.Namespace, out: Path) -> tuple[list[str], dict[str, float]]:
     """The trials in the order they started, and each one's best test accuracy."""
     digest = Path(f"{args.mirror}.sha256").read_text().split()[0]
-    sets = [f"storage.uri={out}", f"seed={seed}", f"data.source={Path(args.mirror).resolve()}", f"data.sha256={digest}",
-            "variants={basic: {kind: mlp, hidden: 128}}", f"optim.epochs={args.epochs}", "optim.batch_size=64",
-            "resources.gpus=0", SPACE, f"search.samples={args.trials}", f"search.algorithm={algorithm}", "search.max_concurrent=2"]
+    sets = [
+        f"storage.uri={out}",
+        f"seed={seed}",
+        f"data.source={Path(args.mirror).resolve()}",
+        f"data.sha256={digest}",
+        "variants={basic: {kind: mlp, hidden: 128}}",
+        f"optim.epochs={args.epochs}",
+        "optim.batch_size=64",
+        "resources.gpus=0",
+        SPACE,
+        f"search.samples={args.trials}",
+        f"search.algorithm={algorithm}",
+        "search.max_concurrent=2",
+    ]
     command = [sys.executable, "-m", "job", "run", str(REPO / "specs" / "cifar10.yaml"), *[a for s in sets for a in ("--set", s)]]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -64,15 +64,26 @@ def environment(tree: Path) -> dict[str, str]:
 
 def run_ours(tree: Path, spec: Path, out: Path, name: str) -> Timing:
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "job", "run", str(spec), "--set", f"storage.uri={out}"], cwd=tree,
-                            env=environment(tree), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "job", "run", str(spec), "--set", f"storage.uri={out}"],
+        cwd=tree,
+        env=environment(tree),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     marks: dict[str, float] = {}
     lines = []
     for line in proc.stdout:
         lines.append(line)
         at = time.monotonic() - start
-        for phase, text in (("run line", "starting run"), ("first trial start", "] start "), ("first epoch", "] epoch "),
-                            ("last trial done", "] done "), ("results line", "results: ")):
+        for phase, text in (
+            ("run line", "starting run"),
+            ("first trial start", "] start "),
+            ("first epoch", "] epoch "),
+            ("last trial done", "] done "),
+            ("results line", "results: "),
+        ):
             if text in line and (phase not in marks or phase == "last trial done"):
                 marks[phase] = at
     wall = time.monotonic() - start
@@ -84,8 +95,9 @@ def run_ours(tree: Path, spec: Path, out: Path, name: str) -> Timing:
 def run_plain(spec: Path, out: Path) -> Timing:
     start = time.monotonic()
     started_at = time.time()
-    done = subprocess.run([sys.executable, __file__, "--plain-tune", str(spec), str(out)], cwd=REPO, env=environment(REPO),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--plain-tune", str(spec), str(out)], cwd=REPO, env=environment(REPO), capture_output=True, text=True
+    )
     wall = time.monotonic() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(r) for p in out.glob("plain/*/result.json") for r in p.read_text().splitlines() if r.strip()]
@@ -122,8 +134,10 @@ def plain_tune(spec_path: str, out: str) -> None:
 def report(t: Timing, slots: int) -> float:
     training = sum(t.epoch_s) / slots
     overhead = (t.wall_s - training) / t.trials
-    print(f"{t.name:<22} wall {t.wall_s:6.1f} s  first epoch {t.first_s:5.1f} s  training {training:5.2f} s  "
-          f"trials {t.trials}  overhead/trial {overhead:5.2f} s")
+    print(
+        f"{t.name:<22} wall {t.wall_s:6.1f} s  first epoch {t.first_s:5.1f} s  training {training:5.2f} s  "
+        f"trials {t.trials}  overhead/trial {overhead:5.2f} s"
+    )
     if t.marks:
         print("    " + ", ".join(f"{phase} at {s:.1f} s" for phase, s in t.marks.items()))
     return overhead
@@ -139,27 +153,33 @@ def main() -> None:
     if args.plain_tune:
         return plain_tune(*args.plain_tune)
     slots = os.cpu_count() or 1  # one CPU per trial in both (the smoke spec's resources.cpus, Tune's default)
-    print(f"24 trials = 3 variants x {len(LRS)} learning rates, {args.epochs} epoch(s) each, synthetic 2000/500 images, "
-          f"hidden 32, batch 64; {slots} concurrent slots ({os.cpu_count()} CPUs, 1 per trial); load average "
-          f"{os.getloadavg()[0]:.1f} at start")
+    print(
+        f"24 trials = 3 variants x {len(LRS)} learning rates, {args.epochs} epoch(s) each, synthetic 2000/500 images, "
+        f"hidden 32, batch 64; {slots} concurrent slots ({os.cpu_count()} CPUs, 1 per trial); load average "
+        f"{os.getloadavg()[0]:.1f} at start"
+    )
     print("training = sum(epoch_s) / slots; overhead/trial = (wall - training) / trials; each timed from its process start")
     contenders = [("ours", lambda d, s: run_ours(REPO, s, d / "out", "(a) ours")), ("plain", lambda d, s: run_plain(s, d / "out"))]
     if args.before:
         contenders.append(("before", lambda d, s: run_ours(args.before.resolve(), s, d / "out", "(c) ours, --before")))
     results: dict[str, list[float]] = {name: [] for name, _ in contenders}
     for round_ in range(args.repeats):
-        for name, run in contenders[round_ % len(contenders):] + contenders[: round_ % len(contenders)]:
+        for name, run in contenders[round_ % len(contenders) :] + contenders[: round_ % len(contenders)]:
             with tempfile.TemporaryDirectory() as scratch:
                 folder = Path(scratch)
                 timing = run(folder, write_spec(folder, args.epochs))
             results[name].append(report(timing, slots))
             results[name + " wall"] = results.get(name + " wall", []) + [timing.wall_s]
     ours, plain = min(results["ours"]), min(results["plain"])
-    print(f"best overhead/trial: ours {ours:.2f} s, plain Tune {plain:.2f} s, ratio plain/ours = {plain / ours:.1f}x; "
-          f"best wall: ours {min(results['ours wall']):.1f} s, plain {min(results['plain wall']):.1f} s")
+    print(
+        f"best overhead/trial: ours {ours:.2f} s, plain Tune {plain:.2f} s, ratio plain/ours = {plain / ours:.1f}x; "
+        f"best wall: ours {min(results['ours wall']):.1f} s, plain {min(results['plain wall']):.1f} s"
+    )
     if args.before:
-        print(f"before: best overhead/trial {min(results['before']):.2f} s, wall {min(results['before wall']):.1f} s, "
-              f"ratio before/ours = {min(results['before']) / ours:.1f}x")
+        print(
+            f"before: best overhead/trial {min(results['before']):.2f} s, wall {min(results['before wall']):.1f} s, "
+            f"ratio before/ours = {min(results['before']) / ours:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,13 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from job.results import METRIC_MODES, Regression, find_regression
 from job.spec import JobSpec, SpecError, TrialSpec, UserError, json_schema, load_spec, resolve_trial
+
+if TYPE_CHECKING:  # imported where used: `sweep validate` must not load boto3 and pyarrow
+    from job import storage
 
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_WORSE = 0, 1, 2, 3  # 3: `results --fail-if-worse` found a regression
 
@@ -27,8 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     def with_spec(name: str, help: str, optional: bool = False) -> argparse.ArgumentParser:
         verb = verbs.add_parser(name, help=help, description=help)
         verb.add_argument("spec", nargs="?" if optional else None, help="job spec (YAML)")
-        verb.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                          help="override a spec field, e.g. --set optim.epochs=3 (repeatable)")
+        verb.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="PATH=VALUE",
+            help="override a spec field, e.g. --set optim.epochs=3 (repeatable)",
+        )
         return verb
 
     with_spec("validate", "check a spec and summarise its trials")
@@ -48,8 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--download-best", type=Path, metavar="DIR", help="download the best trial's checkpoint (verified against the manifest)")
     results.add_argument("--verify", action="store_true", help="re-hash every file of the run against its manifest; exit 1 when any differs")
     results.add_argument("--trend", type=Path, nargs="?", const=Path("trend.png"), metavar="PNG", help="plot the best metric across runs")
-    results.add_argument("--fail-if-worse", metavar="X", help="exit 3 when the newest committed run's best metric is worse than the "
-                         "best earlier run's by more than X (in the metric's units, e.g. 1.0 for one point of test_acc)")
+    results.add_argument(
+        "--fail-if-worse",
+        metavar="X",
+        help="exit 3 when the newest committed run's best metric is worse than the "
+        "best earlier run's by more than X (in the metric's units, e.g. 1.0 for one point of test_acc)",
+    )
     return parser
 
 
@@ -135,8 +149,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _exit_now(128 + stop.signum, keys)
     failed = [t for t in result.trials if t.status == "ERROR"]  # STOPPED: the time budget ran out, as asked
     if failed and len(failed) == len(result.trials):
-        print(f"error: all {len(failed)} trials failed; the first: {failed[0].error}. "
-              "Fix the cause and rerun the same command: the trials resume from their last checkpoints", file=sys.stderr)
+        print(
+            f"error: all {len(failed)} trials failed; the first: {failed[0].error}. "
+            "Fix the cause and rerun the same command: the trials resume from their last checkpoints",
+            file=sys.stderr,
+        )
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -205,8 +222,12 @@ def _tolerance(text: str | None) -> float | None:
     except ValueError:
         tolerance = -1.0
     if not 0 <= tolerance < float("inf"):
-        raise SpecError([f"--fail-if-worse: not a number >= 0 (got {text!r}). Give how much worse the newest run's best "
-                         "metric may be than the best earlier run's, in the metric's units, e.g. --fail-if-worse 1.0"])
+        raise SpecError(
+            [
+                f"--fail-if-worse: not a number >= 0 (got {text!r}). Give how much worse the newest run's best "
+                "metric may be than the best earlier run's, in the metric's units, e.g. --fail-if-worse 1.0"
+            ]
+        )
     return tolerance
 
 
@@ -235,8 +256,13 @@ def _run_row(run: storage.RunInfo) -> dict:
     if manifest is None:
         return {"run_id": run.run_id, "status": run.status, "trials": "", "metric": "", "best": ""}
     best = next((t.best.get(manifest.metric) for t in manifest.trials if t.trial_id == manifest.best_trial), None)
-    return {"run_id": run.run_id, "status": run.status, "trials": len(manifest.trials) or "", "metric": manifest.metric,
-            "best": "" if best is None else best}
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "trials": len(manifest.trials) or "",
+        "metric": manifest.metric,
+        "best": "" if best is None else best,
+    }
 
 
 def _load(args: argparse.Namespace) -> JobSpec:
@@ -258,11 +284,4 @@ def _existing(path: Path, flag: str) -> Path:
     return path
 
 
-VERBS = {
-    "validate": cmd_validate,
-    "schema": cmd_schema,
-    "train": cmd_train,
-    "run": cmd_run,
-    "submit": cmd_submit,
-    "results": cmd_results,
-}
+VERBS = {"validate": cmd_validate, "schema": cmd_schema, "train": cmd_train, "run": cmd_run, "submit": cmd_submit, "results": cmd_results}

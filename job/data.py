@@ -11,9 +11,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -125,7 +126,9 @@ def _build_cache(spec: DataSpec, root: Path, cache: Path) -> None:
         try:
             extract_archive(str(archive), str(tmp))
         except Exception as err:  # tarfile and gzip raise several unrelated types for a bad archive
-            raise SpecError([f"data.source: the archive cannot be extracted ({type(err).__name__}: {err}). Use an intact cifar-10-python.tar.gz"]) from None
+            raise SpecError(
+                [f"data.source: the archive cannot be extracted ({type(err).__name__}: {err}). Use an intact cifar-10-python.tar.gz"]
+            ) from None
         try:
             train, test = _read_cifar10(tmp, train=True), _read_cifar10(tmp, train=False)
         except (RuntimeError, FileNotFoundError) as err:
@@ -180,10 +183,12 @@ def _verify(archive: Path, spec: DataSpec) -> None:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != spec.sha256:
-        raise SpecError([
-            f"data.sha256: the archive at {spec.source} does not match (got {digest.hexdigest()}, expected {spec.sha256}). "
-            "Fix data.source or data.sha256"
-        ])
+        raise SpecError(
+            [
+                f"data.sha256: the archive at {spec.source} does not match (got {digest.hexdigest()}, expected {spec.sha256}). "
+                "Fix data.source or data.sha256"
+            ]
+        )
 
 
 def _download_official(folder: Path) -> None:
@@ -192,10 +197,12 @@ def _download_official(folder: Path) -> None:
     try:
         download_url(CIFAR10_URL, str(folder), ARCHIVE, md5=CIFAR10_MD5)
     except (OSError, RuntimeError) as err:
-        raise SpecError([
-            f"data: cannot download CIFAR-10 from {CIFAR10_URL} ({type(err).__name__}). "
-            "Set data.source to a mirror of cifar-10-python.tar.gz and data.sha256 to its digest"
-        ]) from None
+        raise SpecError(
+            [
+                f"data: cannot download CIFAR-10 from {CIFAR10_URL} ({type(err).__name__}). "
+                "Set data.source to a mirror of cifar-10-python.tar.gz and data.sha256 to its digest"
+            ]
+        ) from None
 
 
 def synthetic_arrays(n_train: int, n_test: int, seed: int) -> Arrays:
@@ -222,9 +229,7 @@ def to_device(arrays: Arrays, device: torch.device) -> DeviceData:
         x = x.to(device, non_blocking=True).float()
         return x.div_(255.0).sub_(MEAN).div_(STD)
 
-    return DeviceData(
-        prepare(arrays.x_train), arrays.y_train.to(device), prepare(arrays.x_test), arrays.y_test.to(device)
-    )
+    return DeviceData(prepare(arrays.x_train), arrays.y_train.to(device), prepare(arrays.x_test), arrays.y_test.to(device))
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from job.spec import SpecError
@@ -45,14 +45,22 @@ class RunLease:
             time.sleep(min(LEASE_TTL_S / 3 + 1, max(0.5, held["renewed_at"] + LEASE_TTL_S - time.time())))
             held = self._read()
             if held and held.get("renewed_at") != seen and not held.get("released"):
-                raise SpecError([f"{self.store.url(self.rel)}: run {self.run_id} is being written by another driver "
-                                 f"(got {held.get('host')} pid {held.get('pid')}). Wait for it to finish, or pass --new for a separate run"])
+                raise SpecError(
+                    [
+                        f"{self.store.url(self.rel)}: run {self.run_id} is being written by another driver "
+                        f"(got {held.get('host')} pid {held.get('pid')}). Wait for it to finish, or pass --new for a separate run"
+                    ]
+                )
         self.attempts = [*(held or {}).get("attempts", []), {"started_at": _iso(self.started), "wall_s": 0.0}]
         self._write()
         time.sleep(1.0)  # a driver that wrote at the same moment shows up now
         if (self._read() or {}).get("owner") != self.owner:
-            raise SpecError([f"{self.store.url(self.rel)}: another driver took run {self.run_id} at the same moment. "
-                             "Let it run, or pass --new for a separate run"])
+            raise SpecError(
+                [
+                    f"{self.store.url(self.rel)}: another driver took run {self.run_id} at the same moment. "
+                    "Let it run, or pass --new for a separate run"
+                ]
+            )
         self._thread.start()
 
     def release(self) -> None:
@@ -74,8 +82,15 @@ class RunLease:
     def _write(self, released: bool = False) -> None:
         now = time.time()
         self.attempts[-1]["wall_s"] = round(now - self.started, 2)
-        lease = {"owner": self.owner, "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                 "renewed_at": now, "released": released, "attempts": self.attempts}
+        lease = {
+            "owner": self.owner,
+            "run_id": self.run_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "renewed_at": now,
+            "released": released,
+            "attempts": self.attempts,
+        }
         self.store.write_bytes(self.rel, json.dumps(lease, indent=2).encode())
 
     def _read(self) -> dict[str, Any] | None:
@@ -96,4 +111,4 @@ def _process_exists(pid: int) -> bool:
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")

@@ -77,6 +77,10 @@ def build_model(spec: KindSpec) -> nn.Module:
     """The network of any registered kind, built by its spec class; a plugin's must be an `nn.Module`."""
     model = spec.build()
     if not isinstance(model, nn.Module):
-        raise SpecError([f"model kind '{spec.kind}': {type(spec).__name__}.build() returned {type(model).__name__}, "
-                         "not a torch.nn.Module. Fix the plugin's build()"])
+        raise SpecError(
+            [
+                f"model kind '{spec.kind}': {type(spec).__name__}.build() returned {type(model).__name__}, "
+                "not a torch.nn.Module. Fix the plugin's build()"
+            ]
+        )
     return model

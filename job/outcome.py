@@ -13,14 +13,26 @@ from typing import Any
 from ray import tune
 
 from job import report, storage
-from job.results import (EPOCH, ERROR, NODE, STOPPED, TERMINATED, VARIANT, Attempt, EpochMetrics, Manifest, SweepResult,
-                         TrialResult, TrialSummary, METRIC_MODES)
+from job.results import (
+    EPOCH,
+    ERROR,
+    METRIC_MODES,
+    NODE,
+    STOPPED,
+    TERMINATED,
+    VARIANT,
+    Attempt,
+    EpochMetrics,
+    Manifest,
+    SweepResult,
+    TrialResult,
+    TrialSummary,
+)
 from job.spec import JobSpec, UserError
 from job.storage import Store
 
 
-def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tuple[str, dict[str, Any]]]],
-            ended_by: str = "") -> SweepResult:
+def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tuple[str, dict[str, Any]]]], ended_by: str = "") -> SweepResult:
     """Plain records, one per trial, with every epoch it reported (see `_history`); `checkpoints` are each
     trial's `storage.checkpoint_folders`, in the grid's order. When the sweep `ended_by` a budget, trials
     it stopped (or never started) are STOPPED, not failed."""
@@ -37,17 +49,19 @@ def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tu
         # The budget's stop can beat the last epoch's `done`: a trial with all its epochs has finished.
         trained = bool(rows) and rows[-1][EPOCH] >= config.get("optim.epochs", job_spec.optim.epochs)
         status = TERMINATED if finished(result) or (ended_by and trained and result.error is None) else _unfinished(result, ended_by)
-        trials.append(TrialResult(
-            trial_id=metrics.get("trial_id", getattr(tune_trial, "trial_id", Path(result.path).name)),
-            variant=config.get(VARIANT, "?"),
-            params={k: v for k, v in config.items() if k != VARIANT},
-            status=status,
-            epochs=[EpochMetrics.from_dict(row) for row in rows],
-            node=str(metrics.get(NODE, "")),
-            checkpoint=best,
-            error=_error_line(result) if status == ERROR else "",
-            schedule=_schedule(folders) if job_spec.search.scheduler.kind == "pbt" else [],
-        ))
+        trials.append(
+            TrialResult(
+                trial_id=metrics.get("trial_id", getattr(tune_trial, "trial_id", Path(result.path).name)),
+                variant=config.get(VARIANT, "?"),
+                params={k: v for k, v in config.items() if k != VARIANT},
+                status=status,
+                epochs=[EpochMetrics.from_dict(row) for row in rows],
+                node=str(metrics.get(NODE, "")),
+                checkpoint=best,
+                error=_error_line(result) if status == ERROR else "",
+                schedule=_schedule(folders) if job_spec.search.scheduler.kind == "pbt" else [],
+            )
+        )
     if ended_by:  # trials Tune had not yet made are not in the grid: count against the spec
         ended_by = f"{ended_by}: {sum(t.status == TERMINATED for t in trials)} of {job_spec.trial_count()} trials finished"
     return SweepResult(job_spec.name, run_id, job_spec.search.metric, trials, ended_by)
@@ -161,9 +175,17 @@ def _manifest(job_spec: JobSpec, result: SweepResult, attempts: list[tuple[str, 
         versions={"python": platform.python_version(), **{dist: version(dist) for dist in ("sweep-job", "torch", "ray", "pyarrow", "boto3")}},
         best_trial=best.trial_id if best else None,
         trials=tuple(
-            TrialSummary(trial_id=t.trial_id, variant=t.variant, params=t.params, status=t.status, node=t.node,
-                         epochs=len(t.epochs), best={m: t.best(m) for m in METRIC_MODES}, checkpoint=t.checkpoint,
-                         schedule=tuple(t.schedule))
+            TrialSummary(
+                trial_id=t.trial_id,
+                variant=t.variant,
+                params=t.params,
+                status=t.status,
+                node=t.node,
+                epochs=len(t.epochs),
+                best={m: t.best(m) for m in METRIC_MODES},
+                checkpoint=t.checkpoint,
+                schedule=tuple(t.schedule),
+            )
             for t in result.ranked()
         ),
         attempts=tuple(Attempt(started_at, round(wall_s, 2)) for started_at, wall_s in attempts),

@@ -81,8 +81,7 @@ class Progress(tune.Callback):
     def _say(self, text: str) -> None:
         best = "-" if self.best is None else f"{self.best:.4g}"
         failed = f", {len(self.failed)} failed" if self.failed else ""
-        print(f"[{len(self.done)}/{self.total} done{failed}, {len(self.running)} running, best {self.metric} {best}] {text}",
-              flush=True)
+        print(f"[{len(self.done)}/{self.total} done{failed}, {len(self.running)} running, best {self.metric} {best}] {text}", flush=True)
 
 
 def print_summary(result: SweepResult, where: str) -> None:

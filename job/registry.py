@@ -122,8 +122,9 @@ def dataset_plugins(group: str = DATASETS_GROUP) -> tuple[dict[str, metadata.Ent
     problems = []
     for point in sorted(metadata.entry_points(group=group), key=lambda p: p.name):
         if point.name in BUILT_IN_DATASETS or point.name in points:
-            problems.append(f"entry point {group}:{point.name} ({point.value}): dataset '{point.name}' is already defined. "
-                            "Rename the plugin's dataset.")
+            problems.append(
+                f"entry point {group}:{point.name} ({point.value}): dataset '{point.name}' is already defined. Rename the plugin's dataset."
+            )
         else:
             points[point.name] = point
     return points, problems

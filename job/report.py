@@ -64,8 +64,13 @@ def leaderboard_rows(result: SweepResult) -> list[dict[str, Any]]:
 def _leaderboard_row(trial: TrialResult, rank: int | str, metric: str) -> dict[str, Any]:
     last = trial.epochs[-1] if trial.epochs else None
     row: dict[str, Any] = {
-        "rank": rank, "trial_id": trial.trial_id, "variant": trial.variant, "params": _compact(trial.params),
-        "status": trial.status, "node": trial.node, "epochs": len(trial.epochs),
+        "rank": rank,
+        "trial_id": trial.trial_id,
+        "variant": trial.variant,
+        "params": _compact(trial.params),
+        "status": trial.status,
+        "node": trial.node,
+        "epochs": len(trial.epochs),
     }
     for name in dict.fromkeys([TEST_ACC, TEST_LOSS, metric]):
         row[f"best_{name}"] = _blank(trial.best(name))
@@ -82,11 +87,7 @@ def _leaderboard_row(trial: TrialResult, rank: int | str, metric: str) -> dict[s
 
 def _metrics_rows(result: SweepResult) -> list[dict[str, Any]]:
     """Long format: one row per trial and epoch."""
-    return [
-        {"trial_id": t.trial_id, "variant": t.variant, "params": _compact(t.params), **m.to_dict()}
-        for t in result.ranked()
-        for m in t.epochs
-    ]
+    return [{"trial_id": t.trial_id, "variant": t.variant, "params": _compact(t.params), **m.to_dict()} for t in result.ranked() for m in t.epochs]
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -116,9 +117,18 @@ def render_trend(points: list[tuple[str, float]], metric: str, out_png: Path, re
         color = "darkorange"  # apart from the curve's dark red
         sign = -1.0 if regression.value < regression.baseline else 1.0  # below for accuracies, above for losses
         bound = regression.baseline + sign * regression.allowed
-        ax.axhline(bound, color=color, linestyle=":", label=f"allowed: {bound:g} (best earlier {regression.baseline:g}, run {regression.baseline_run})")
-        ax.plot([len(points) - 1], [regression.value], color=color, marker="X", markersize=14, linestyle="",
-                label=f"regression: {regression.worse_by:g} worse")
+        ax.axhline(
+            bound, color=color, linestyle=":", label=f"allowed: {bound:g} (best earlier {regression.baseline:g}, run {regression.baseline_run})"
+        )
+        ax.plot(
+            [len(points) - 1],
+            [regression.value],
+            color=color,
+            marker="X",
+            markersize=14,
+            linestyle="",
+            label=f"regression: {regression.worse_by:g} worse",
+        )
         ax.legend(loc="best", fontsize=8)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, out_png)
@@ -159,7 +169,9 @@ def _compare_figure(result: SweepResult) -> Figure:
         label = trial.variant if trial.variant not in labelled else "_nolegend_"
         labelled.add(trial.variant)
         width = 2.6 if best is not None and trial.trial_id == best.trial_id else 1.2
-        ax.plot([m.epoch for m in trial.epochs], [m.test_acc for m in trial.epochs], color=colors[trial.variant], linewidth=width, alpha=0.85, label=label)
+        ax.plot(
+            [m.epoch for m in trial.epochs], [m.test_acc for m in trial.epochs], color=colors[trial.variant], linewidth=width, alpha=0.85, label=label
+        )
     ax.set(xlabel="epoch", ylabel="test accuracy (%)")
     ax.set_title(f"{result.name} {result.run_id}: test accuracy" + (f" (best, thick: {best.trial_id})" if best else ""), fontsize=10)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -69,8 +69,6 @@ document.querySelectorAll(".grid figure").forEach(f => f.addEventListener("click
 """
 
 
-
-
 def html_page(result: SweepResult, spec: dict[str, Any], manifest: Manifest | None, pictures: Pictures, downloads: dict[str, bytes]) -> str:
     """The whole document; every value from the run is escaped here."""
     title = html.escape(f"{result.name} · {result.run_id}")
@@ -105,9 +103,16 @@ def header_facts(result: SweepResult, manifest: Manifest | None) -> list[tuple[s
     statuses = Counter(t.status for t in result.trials)
     unfinished = len(result.trials) - statuses["TERMINATED"]
     facts = [
-        ("sweep", result.name), ("run", result.run_id),
-        ("status", f"ended early: {result.ended_by}" if result.ended_by else
-         f"{unfinished} of {len(result.trials)} trials did not finish" if unfinished else "complete: every trial finished"),
+        ("sweep", result.name),
+        ("run", result.run_id),
+        (
+            "status",
+            f"ended early: {result.ended_by}"
+            if result.ended_by
+            else f"{unfinished} of {len(result.trials)} trials did not finish"
+            if unfinished
+            else "complete: every trial finished",
+        ),
         ("trials", f"{len(result.trials)} (" + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")"),
         ("ranked by", f"best {result.metric} ({'higher' if result.mode == 'max' else 'lower'} is better)"),
     ]
@@ -185,20 +190,34 @@ def _best(trial: TrialResult | None, spec: dict[str, Any]) -> str:
         sections.setdefault(section, {})[key] = value
     rows = [("trial", trial.trial_id, False), ("variant", trial.variant, False)]
     rows += [(f"{s}.{k}", cell_text(v), f"{s}.{k}" in trial.params) for s, fields in sections.items() for k, v in fields.items()]
-    items = "".join(f'<dt>{html.escape(p)}</dt><dd{" class=searched" if bold else ""}>{html.escape(v)}</dd>' for p, v, bold in rows)
+    items = "".join(f"<dt>{html.escape(p)}</dt><dd{' class=searched' if bold else ''}>{html.escape(v)}</dd>" for p, v, bold in rows)
     return f'<dl class="facts" id="best">{items}</dl>'
 
 
 def _variants(result: SweepResult) -> tuple[list[tuple[str, str]], list[list[Cell]]]:
-    columns = [("variant", ""), ("trials", ""), ("finished", "status TERMINATED"), (f"best {result.metric}", ""),
-               ("best trial", ""), ("its search values", "")]
+    columns = [
+        ("variant", ""),
+        ("trials", ""),
+        ("finished", "status TERMINATED"),
+        (f"best {result.metric}", ""),
+        ("best trial", ""),
+        ("its search values", ""),
+    ]
     rows = []
     for variant in sorted({t.variant for t in result.trials}):
         mine = SweepResult(result.name, result.run_id, result.metric, [t for t in result.trials if t.variant == variant])
         top = mine.ranked()[0]
         value = top.best(result.metric)
-        rows.append([(variant, None), _num(len(mine.trials)), _num(sum(t.status == "TERMINATED" for t in mine.trials)),
-                     _num(value), (top.trial_id if value is not None else "", None), (_params(top.params), None)])
+        rows.append(
+            [
+                (variant, None),
+                _num(len(mine.trials)),
+                _num(sum(t.status == "TERMINATED" for t in mine.trials)),
+                _num(value),
+                (top.trial_id if value is not None else "", None),
+                (_params(top.params), None),
+            ]
+        )
     return columns, rows
 
 
@@ -209,19 +228,32 @@ def _leaderboard(result: SweepResult) -> tuple[list[tuple[str, str]], list[list[
     columns = [("#", "rank by the sweep's metric"), ("trial", ""), ("variant", "")]
     columns += [(p.rpartition(".")[2], p) for p in paths]
     columns += [(f"best {m}", f"best {m} over the trial's epochs ({METRIC_MODES[m]})") for m in metrics]
-    columns += [("best epoch", f"epoch of the best {result.metric}"), ("epochs", ""), ("samples/s", "mean training samples per second"),
-                ("status", ""), ("device", ""), ("node", "Ray node id, first characters")]
+    columns += [
+        ("best epoch", f"epoch of the best {result.metric}"),
+        ("epochs", ""),
+        ("samples/s", "mean training samples per second"),
+        ("status", ""),
+        ("device", ""),
+        ("node", "Ray node id, first characters"),
+    ]
     rows = []
     for i, t in enumerate(result.ranked()):
         best = t.best(result.metric)
-        rows.append([
-            _num(i + 1 if t.epochs else None), (t.trial_id, None), (t.variant, None),
-            *[_num(t.params[p]) if is_number(t.params.get(p)) else (cell_text(t.params.get(p)), None) for p in paths],
-            *[_num(t.best(m)) for m in metrics],
-            _num(next((m.epoch for m in t.epochs if getattr(m, result.metric) == best), None)), _num(len(t.epochs)),
-            _num(statistics.fmean(m.samples_per_s for m in t.epochs) if t.epochs else None),
-            (t.status, None), (t.epochs[-1].device if t.epochs else "", None), (t.node[:NODE_CHARS], None),
-        ])
+        rows.append(
+            [
+                _num(i + 1 if t.epochs else None),
+                (t.trial_id, None),
+                (t.variant, None),
+                *[_num(t.params[p]) if is_number(t.params.get(p)) else (cell_text(t.params.get(p)), None) for p in paths],
+                *[_num(t.best(m)) for m in metrics],
+                _num(next((m.epoch for m in t.epochs if getattr(m, result.metric) == best), None)),
+                _num(len(t.epochs)),
+                _num(statistics.fmean(m.samples_per_s for m in t.epochs) if t.epochs else None),
+                (t.status, None),
+                (t.epochs[-1].device if t.epochs else "", None),
+                (t.node[:NODE_CHARS], None),
+            ]
+        )
     return columns, rows
 
 
@@ -249,7 +281,7 @@ def _table(table: tuple[list[tuple[str, str]], list[list[Cell]]], name: str) -> 
 
     def cell(text: str, sort: float | None, num: bool) -> str:
         value = "" if sort is None else f' data-v="{sort!r}"'
-        return f'<td{"" if num else " class=t"}{value}>{html.escape(text)}</td>'
+        return f"<td{'' if num else ' class=t'}{value}>{html.escape(text)}</td>"
 
     head = "".join(f'<th{"" if n else " class=t"} title="{html.escape(tip)}">{html.escape(label)}</th>' for (label, tip), n in zip(columns, numeric))
     body = "".join("<tr>" + "".join(cell(text, sort, n) for (text, sort), n in zip(row, numeric)) + "</tr>\n" for row in rows)

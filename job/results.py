@@ -27,12 +27,7 @@ TERMINATED, ERROR = "TERMINATED", "ERROR"  # Tune's statuses of a finished and a
 STOPPED = "STOPPED"  # ours: stopped, or never started, when the sweep's time budget ran out
 
 # Which way is better for each metric a sweep may optimise; the spec's `search.metric` picks one.
-METRIC_MODES: dict[str, Literal["min", "max"]] = {
-    TEST_ACC: "max",
-    TRAIN_ACC: "max",
-    TEST_LOSS: "min",
-    TRAIN_LOSS: "min",
-}
+METRIC_MODES: dict[str, Literal["min", "max"]] = {TEST_ACC: "max", TRAIN_ACC: "max", TEST_LOSS: "min", TRAIN_LOSS: "min"}
 
 MANIFEST_SCHEMA_VERSION = 2  # 2: attempts (one per driver that ran the run), typed on read
 
@@ -121,8 +116,10 @@ class Regression:
     allowed: float
 
     def line(self, metric: str) -> str:
-        return (f"regression: run {self.run_id} best {metric} {self.value:g} is {self.worse_by:g} worse than "
-                f"run {self.baseline_run}'s {self.baseline:g} (allowed {self.allowed:g})")
+        return (
+            f"regression: run {self.run_id} best {metric} {self.value:g} is {self.worse_by:g} worse than "
+            f"run {self.baseline_run}'s {self.baseline:g} (allowed {self.allowed:g})"
+        )
 
 
 def find_regression(points: list[tuple[str, float]], metric: str, allowed: float) -> Regression | None:

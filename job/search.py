@@ -19,7 +19,6 @@ from job.results import EPOCH, VARIANT
 from job.spec import Choice, Grid, JobSpec, LogUniform, SpecError, Uniform
 
 
-
 def param_space(job_spec: JobSpec) -> dict[str, Any] | None:
     """Every variant crossed with the search space; keys are the spec's dotted paths. None for optuna,
     whose searcher holds the space itself."""
@@ -53,10 +52,7 @@ def searcher(job_spec: JobSpec) -> Searcher | None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial otherwise
     space = OptunaSearch.convert_search_space(_domains(job_spec))
-    per_variant = {
-        name: OptunaSearch(space=dict(space), metric=search.metric, mode=search.mode, seed=job_spec.seed)
-        for name in job_spec.variants
-    }
+    per_variant = {name: OptunaSearch(space=dict(space), metric=search.metric, mode=search.mode, seed=job_spec.seed) for name in job_spec.variants}
     return EachVariant(per_variant, search.samples, search.metric, search.mode)
 
 
@@ -109,8 +105,9 @@ def check(job_spec: JobSpec) -> None:
     try:
         import optuna  # noqa: F401
     except ImportError:
-        raise SpecError(["search.algorithm: optuna is not installed here. Run pip install 'sweep-job[optuna]', "
-                         "or use search.algorithm random"]) from None
+        raise SpecError(
+            ["search.algorithm: optuna is not installed here. Run pip install 'sweep-job[optuna]', or use search.algorithm random"]
+        ) from None
 
 
 def scheduler(job_spec: JobSpec) -> Any:
@@ -119,12 +116,16 @@ def scheduler(job_spec: JobSpec) -> Any:
         # Tune's PBT copies the donor's checkpoint and config into the trial and restarts it: `run_trial`
         # loads that checkpoint and gives the optimizer the new values.
         mutations = {path: _domains(job_spec)[path] for path in job_spec.search.perturbed()}
-        return LastEpochKept(job_spec.optim.epochs, time_attr=EPOCH, perturbation_interval=chosen.interval,
-                             hyperparam_mutations=mutations, quantile_fraction=chosen.quantile_fraction,
-                             resample_probability=chosen.resample_probability)
+        return LastEpochKept(
+            job_spec.optim.epochs,
+            time_attr=EPOCH,
+            perturbation_interval=chosen.interval,
+            hyperparam_mutations=mutations,
+            quantile_fraction=chosen.quantile_fraction,
+            resample_probability=chosen.resample_probability,
+        )
     if chosen.kind == "asha":
-        return ASHAScheduler(time_attr=EPOCH, max_t=job_spec.optim.epochs, grace_period=chosen.grace_period,
-                             reduction_factor=chosen.reduction_factor)
+        return ASHAScheduler(time_attr=EPOCH, max_t=job_spec.optim.epochs, grace_period=chosen.grace_period, reduction_factor=chosen.reduction_factor)
     return FIFOScheduler()
 
 

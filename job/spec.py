@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -21,7 +22,16 @@ from job.results import METRIC_MODES
 from job.specfile import MAX_SPEC_BYTES, SpecError, UserError, apply_override, as_mapping, dotted, read_yaml, short_repr, shown
 
 __all__ = [  # defined in job.registry and job.specfile; the rest of the job and its tests import them from here
-    "CNNSpec", "KindSpec", "LinearSpec", "MLPSpec", "Strict", "MAX_SPEC_BYTES", "SpecError", "UserError", "short_repr", "shown",
+    "CNNSpec",
+    "KindSpec",
+    "LinearSpec",
+    "MLPSpec",
+    "Strict",
+    "MAX_SPEC_BYTES",
+    "SpecError",
+    "UserError",
+    "short_repr",
+    "shown",
 ]
 
 MAX_TRIALS = 10_000  # a sweep beyond this is a typo in a grid, not a plan: Tune would queue it for days
@@ -61,7 +71,7 @@ def _kind_or(default: str) -> Callable[[Any], str | None]:
 
 # Every registered kind, tagged by its `kind`; a variant without `kind` is the first built-in (mlp).
 ModelSpec = Annotated[
-    Union[tuple(Annotated[spec, Tag(tag)] for tag, spec in MODEL_KINDS.items())],
+    Union[tuple(Annotated[spec, Tag(tag)] for tag, spec in MODEL_KINDS.items())],  # noqa: UP007 (a union built from the registry)
     Discriminator(_kind_or(kind_tag(BUILT_IN[0]))),
 ]
 
@@ -73,8 +83,11 @@ class OptimSpec(Strict):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="Adam L2 weight decay")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast on CUDA; the CPU always runs fp32")
     cuda_graph: bool = Field(True, description="on CUDA, capture the training step once as a CUDA graph and replay it")
-    compile: bool = Field(False, description="fuse forward and loss with torch.compile (~1.6x per step on an H100, "
-                          "slower on the CPU; seconds of compiling per trial; needs a C compiler)")
+    compile: bool = Field(
+        False,
+        description="fuse forward and loss with torch.compile (~1.6x per step on an H100, "
+        "slower on the CPU; seconds of compiling per trial; needs a C compiler)",
+    )
 
 
 class Grid(Strict):
@@ -103,7 +116,7 @@ def _domain_kind(value: Any) -> str | None:
 
 
 Domain = Annotated[
-    Union[Annotated[Grid, Tag("grid")], Annotated[Choice, Tag("choice")], Annotated[Uniform, Tag("uniform")], Annotated[LogUniform, Tag("loguniform")]],
+    Annotated[Grid, Tag("grid")] | Annotated[Choice, Tag("choice")] | Annotated[Uniform, Tag("uniform")] | Annotated[LogUniform, Tag("loguniform")],
     Discriminator(
         _domain_kind,
         custom_error_type="domain",
@@ -133,8 +146,7 @@ class FifoSpec(Strict):
 
 
 SchedulerSpec = Annotated[
-    Union[Annotated[FifoSpec, Tag("fifo")], Annotated[AshaSpec, Tag("asha")], Annotated[PbtSpec, Tag("pbt")]],
-    Discriminator(_kind_or("fifo"))
+    Annotated[FifoSpec, Tag("fifo")] | Annotated[AshaSpec, Tag("asha")] | Annotated[PbtSpec, Tag("pbt")], Discriminator(_kind_or("fifo"))
 ]
 
 # What search.space may set: the optimizer's fields and every kind's own fields (each variant must have
@@ -149,31 +161,45 @@ class SearchSpec(Strict):
     scheduler: SchedulerSpec = Field(default_factory=FifoSpec)
     metric: Literal["test_acc", "test_loss", "train_acc", "train_loss"] = Field("test_acc", description="mode follows from it")
     algorithm: Literal["random", "optuna"] = Field(
-        "random", description="random: grid points crossed, random domains drawn; optuna: TPE (pip install 'sweep-job[optuna]') "
-        "learning from finished trials, `samples` trials per variant")
-    max_concurrent: int | None = Field(None, ge=1, le=10_000, description="trials at once (default: as many as resources "
-                                       "fit); an optuna search learns from more finished trials with fewer")
-    time_budget_s: float | None = Field(None, gt=0, description="wall seconds for the whole sweep, across resumes: then "
-                                        "running trials stop and the report shows what finished")
-    trial_timeout_s: float | None = Field(None, gt=0, description="training seconds per trial: it stops at its first epoch "
-                                          "past that and counts as finished")
+        "random",
+        description="random: grid points crossed, random domains drawn; optuna: TPE (pip install 'sweep-job[optuna]') "
+        "learning from finished trials, `samples` trials per variant",
+    )
+    max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="trials at once (default: as many as resources fit); an optuna search learns from more finished trials with fewer",
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, description="wall seconds for the whole sweep, across resumes: then running trials stop and the report shows what finished"
+    )
+    trial_timeout_s: float | None = Field(
+        None, gt=0, description="training seconds per trial: it stops at its first epoch past that and counts as finished"
+    )
 
     @model_validator(mode="after")
     def _check_space(self) -> SearchSpec:
         problems = []
         if self.algorithm == "optuna":
-            problems += [f"{dotted(['search', 'space', path])}: grid cannot be searched by search.algorithm optuna. "
-                         f"Use {{choice: {domain.grid}}}" for path, domain in self.space.items() if isinstance(domain, Grid)]
+            problems += [
+                f"{dotted(['search', 'space', path])}: grid cannot be searched by search.algorithm optuna. Use {{choice: {domain.grid}}}"
+                for path, domain in self.space.items()
+                if isinstance(domain, Grid)
+            ]
             if not self.space:
-                problems.append("search.space: search.algorithm optuna needs at least one domain to search. "
-                                "Add one, or use search.algorithm random")
+                problems.append("search.space: search.algorithm optuna needs at least one domain to search. Add one, or use search.algorithm random")
         if self.scheduler.kind == "pbt":
             if self.algorithm != "random":
-                problems.append(f"search.scheduler.kind: pbt makes its own configs as it goes (got search.algorithm "
-                                f"{self.algorithm}). Use search.algorithm random")
+                problems.append(
+                    f"search.scheduler.kind: pbt makes its own configs as it goes (got search.algorithm "
+                    f"{self.algorithm}). Use search.algorithm random"
+                )
             if not self.perturbed():
-                problems.append("search.space: search.scheduler pbt perturbs optim fields with uniform or loguniform "
-                                "domains (got none). Add one, e.g. optim.lr: {loguniform: [1.0e-4, 1.0e-2]}")
+                problems.append(
+                    "search.space: search.scheduler pbt perturbs optim fields with uniform or loguniform "
+                    "domains (got none). Add one, e.g. optim.lr: {loguniform: [1.0e-4, 1.0e-2]}"
+                )
         for path, domain in self.space.items():
             where = dotted(["search", "space", path])
             if path not in SEARCHABLE:
@@ -201,15 +227,21 @@ class ResourcesSpec(Strict):
     cpus: float = Field(1.0, gt=0.0, le=256.0, description="CPU cores per trial; also its torch thread count")
     gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per trial, fractional allowed")
     gpu_fallback: Literal["auto"] | bool = Field(
-        "auto", description="when the cluster has no GPU: true runs GPU trials on the CPU, false makes them wait for GPU nodes "
-        "(an autoscaler can add them); auto does the first on a Ray that `sweep run` starts itself, the second on a cluster it joins"
+        "auto",
+        description="when the cluster has no GPU: true runs GPU trials on the CPU, false makes them wait for GPU nodes "
+        "(an autoscaler can add them); auto does the first on a Ray that `sweep run` starts itself, the second on a cluster it joins",
     )
 
 
 class CheckpointsSpec(Strict):
     keep: int = Field(2, ge=1, le=100, description="best k checkpoints kept per trial, by search.metric")
-    every: int = Field(1, ge=1, le=10_000, description="epochs between checkpoints (the last epoch always saves one); "
-                       "a retried or resumed trial retrains the epochs after its newest checkpoint")
+    every: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="epochs between checkpoints (the last epoch always saves one); "
+        "a retried or resumed trial retrains the epochs after its newest checkpoint",
+    )
 
 
 class FailuresSpec(Strict):
@@ -227,17 +259,24 @@ class MLflowSpec(Strict):
     """One MLflow run per trial (`pip install 'sweep-job[mlflow]'`). Credentials come from the environment
     (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN), never from here."""
 
-    tracking_uri: str | None = Field(None, min_length=1, max_length=2048, description="http(s)://host:5000, sqlite:///path/mlflow.db "
-                                     "(a path on the driver's node), databricks, ...; default: MLFLOW_TRACKING_URI")
-    experiment: str | None = Field(None, min_length=1, max_length=500, description="MLflow experiment, created when missing "
-                                   "(default: the spec's name)")
+    tracking_uri: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description="http(s)://host:5000, sqlite:///path/mlflow.db (a path on the driver's node), databricks, ...; default: MLFLOW_TRACKING_URI",
+    )
+    experiment: str | None = Field(
+        None, min_length=1, max_length=500, description="MLflow experiment, created when missing (default: the spec's name)"
+    )
 
     @field_validator("tracking_uri")
     @classmethod
     def _no_credentials(cls, uri: str | None) -> str | None:
         if uri is not None and "@" in uri.partition("://")[2].partition("/")[0]:
-            raise ValueError("tracking.mlflow.tracking_uri: holds credentials (got '<user>:<secret>@...'). Put them in "
-                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+            raise ValueError(
+                "tracking.mlflow.tracking_uri: holds credentials (got '<user>:<secret>@...'). Put them in "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+            )
         return uri
 
 
@@ -246,10 +285,16 @@ class WandbSpec(Strict):
     from WANDB_API_KEY, never from here."""
 
     project: str = Field(min_length=1, max_length=128, description="W&B project")
-    mode: Literal["online", "offline"] = Field("online", description="offline: no account needed; upload later with "
-                                               "`wandb sync <dir>/wandb/offline-run-*`")
-    dir: str = Field("~", min_length=1, max_length=1024, description="folder on the driver's node where W&B writes its run "
-                     "folders (<dir>/wandb/...); a relative one is from where `sweep run` starts (the image's /app is read-only)")
+    mode: Literal["online", "offline"] = Field(
+        "online", description="offline: no account needed; upload later with `wandb sync <dir>/wandb/offline-run-*`"
+    )
+    dir: str = Field(
+        "~",
+        min_length=1,
+        max_length=1024,
+        description="folder on the driver's node where W&B writes its run "
+        "folders (<dir>/wandb/...); a relative one is from where `sweep run` starts (the image's /app is read-only)",
+    )
 
 
 class TrackingSpec(Strict):
@@ -284,8 +329,10 @@ class JobSpec(Strict):
                     f"(got {path}). Search model fields only when every variant has them"
                 )
         if self.trial_count() > MAX_TRIALS:
-            raise ValueError(f"search: the spec defines {self.trial_count():,} trials (got variants x grids x samples). "
-                             f"Keep it under {MAX_TRIALS:,}: fewer grid values, variants or samples")
+            raise ValueError(
+                f"search: the spec defines {self.trial_count():,} trials (got variants x grids x samples). "
+                f"Keep it under {MAX_TRIALS:,}: fewer grid values, variants or samples"
+            )
         return self
 
     @model_validator(mode="after")

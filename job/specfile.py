@@ -6,8 +6,9 @@ and `--set` values. Must not import torch or ray; knows nothing of the spec's se
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import yaml
 
@@ -92,8 +93,12 @@ def _load_yaml(text: str, where: Callable[[list[Any]], str]) -> Any:
         raise SpecError([f"{where([])}: YAML syntax error{at}: {err.problem or err.context or 'invalid YAML'}. Fix the YAML there."]) from None
     except yaml.reader.ReaderError as err:
         line = text.count("\n", 0, err.position) + 1
-        raise SpecError([f"{where([])}: YAML syntax error at line {line}: character #x{err.character:04x} is not allowed. "
-                         "Remove it, or write it as an escape in a double-quoted string."]) from None
+        raise SpecError(
+            [
+                f"{where([])}: YAML syntax error at line {line}: character #x{err.character:04x} is not allowed. "
+                "Remove it, or write it as an escape in a double-quoted string."
+            ]
+        ) from None
 
 
 class _SpecLoader(yaml.SafeLoader):

@@ -16,10 +16,11 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Literal, Mapping, MutableMapping
+from typing import Any, BinaryIO, Literal
 from urllib.parse import urlparse
 
 import boto3
@@ -84,8 +85,11 @@ def move_env_keys_to_file(environ: MutableMapping[str, str]) -> Path | None:
         return None
     keys = {name: environ.pop(name) for name in KEY_VARS if name in environ}
     token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")  # the same token under its legacy name
-    lines = [f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}", f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}",
-             *([f"aws_session_token = {token}"] if token else [])]
+    lines = [
+        f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
+        f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}",
+        *([f"aws_session_token = {token}"] if token else []),
+    ]
     parent = Path("/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir())
     _remove_orphaned_keys(parent)
     folder = Path(tempfile.mkdtemp(prefix=f"{KEYS_FOLDER}{os.getpid()}-", dir=parent))
@@ -116,8 +120,12 @@ def _probe_client(settings: StorageSettings, session: boto3.Session) -> Any:
 def _arrow_s3(settings: StorageSettings) -> pyarrow.fs.S3FileSystem:
     """pyarrow ignores AWS_ENDPOINT_URL, so the filesystem is built from the same settings as boto3; it
     resolves keys itself on every node (a pickled S3FileSystem without explicit keys carries none)."""
-    kwargs: dict[str, Any] = {"region": settings.region, "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS),
-                              "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": REQUEST_TIMEOUT_S}
+    kwargs: dict[str, Any] = {
+        "region": settings.region,
+        "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS),
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "request_timeout": REQUEST_TIMEOUT_S,
+    }
     if settings.endpoint_url:
         endpoint = urlparse(settings.endpoint_url)
         if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
@@ -131,11 +139,19 @@ def _check_credentials(uri: str, session: boto3.Session) -> None:
     try:
         found = session.get_credentials()
     except botocore.exceptions.PartialCredentialsError as err:  # e.g. AWS_ACCESS_KEY_ID without its secret
-        raise SpecError([f"{uri}: incomplete S3 credentials (got {err.kwargs['cred_var']} unset). "
-                         "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see .env.example)"]) from None
+        raise SpecError(
+            [
+                f"{uri}: incomplete S3 credentials (got {err.kwargs['cred_var']} unset). "
+                "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see .env.example)"
+            ]
+        ) from None
     if found is None:
-        raise SpecError([f"{uri}: no S3 credentials (got AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unset, no profile or role). "
-                         "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see .env.example)"])
+        raise SpecError(
+            [
+                f"{uri}: no S3 credentials (got AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unset, no profile or role). "
+                "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (see .env.example)"
+            ]
+        )
 
 
 def _ensure_bucket(uri: str, bucket: str, settings: StorageSettings, create: bool) -> None:
@@ -151,15 +167,21 @@ def _ensure_bucket(uri: str, bucket: str, settings: StorageSettings, create: boo
             if err.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
                 raise
             if not create:
-                raise SpecError([f"{uri}: no such bucket (got {bucket} on {endpoint}). Check the URI: <storage.uri>/<spec name> of a sweep that ran"]) from None
+                raise SpecError(
+                    [f"{uri}: no such bucket (got {bucket} on {endpoint}). Check the URI: <storage.uri>/<spec name> of a sweep that ran"]
+                ) from None
             probe.create_bucket(Bucket=bucket, **where)
     except probe.exceptions.BucketAlreadyOwnedByYou:
         pass  # another job created it between our probe and now
     except botocore.exceptions.ClientError as err:
         raise SpecError([f"{uri}: S3 refused access ({err}) (got {endpoint}). Check the credentials and the bucket's permissions"]) from None
     except botocore.exceptions.BotoCoreError as err:  # refused, reset, timed out, or not speaking S3: every one is the endpoint's
-        raise SpecError([f"{uri}: cannot reach the S3 endpoint ({type(err).__name__}) (got {endpoint}). "
-                         "Start the S3 server or set AWS_ENDPOINT_URL to where it answers"]) from None
+        raise SpecError(
+            [
+                f"{uri}: cannot reach the S3 endpoint ({type(err).__name__}) (got {endpoint}). "
+                "Start the S3 server or set AWS_ENDPOINT_URL to where it answers"
+            ]
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -196,8 +218,12 @@ class Store:
         self.fs: pyarrow.fs.FileSystem
         if self.is_s3:
             if not BUCKET_NAME.match(parsed.netloc):
-                raise SpecError([f"storage.uri: not a valid bucket name (got '{parsed.netloc}'). "
-                                 "Use s3://bucket/prefix with a bucket of lowercase letters, digits, '.' and '-'"])
+                raise SpecError(
+                    [
+                        f"storage.uri: not a valid bucket name (got '{parsed.netloc}'). "
+                        "Use s3://bucket/prefix with a bucket of lowercase letters, digits, '.' and '-'"
+                    ]
+                )
             self.bucket, self.base = parsed.netloc, f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
             self.uri, self.fs = f"s3://{self.base}", _arrow_s3(settings)
         elif parsed.scheme in ("", "file"):
@@ -282,13 +308,16 @@ class Store:
             local = found.pop(rel, None)
             if wrong := entry.mismatch(*(_digest_file(local) if local else (None, ""))):
                 problems.append(f"{self.url(f'{name}/{run_id}/{rel}')}: {wrong}")
-        problems += [f"{self.url(f'{name}/{run_id}/{rel}')}: not listed in the manifest (got {path.stat().st_size} bytes)"
-                     for rel, path in sorted(found.items())]
+        problems += [
+            f"{self.url(f'{name}/{run_id}/{rel}')}: not listed in the manifest (got {path.stat().st_size} bytes)"
+            for rel, path in sorted(found.items())
+        ]
         if problems:
             for path in got:
                 path.unlink(missing_ok=True)
-            raise SpecError([f"{line}. Refused, and removed from {dest}: the run changed after it committed; rerun it or pick another --run"
-                             for line in problems])
+            raise SpecError(
+                [f"{line}. Refused, and removed from {dest}: the run changed after it committed; rerun it or pick another --run" for line in problems]
+            )
         return got
 
     def commit_run(self, name: str, run_id: str, report_dir: Path, manifest: Manifest) -> Manifest:
@@ -303,7 +332,7 @@ class Store:
         for rel, path in files.items():
             entries.append(FileEntry(f"report/{rel}", *_digest_file(path)))
             self._write(f"{report}/{rel}", path)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         written = replace(manifest, files=tuple(entries), committed_at=now)
         self._write(f"{report}/{MANIFEST}", json.dumps(written.to_dict(), indent=2).encode())
         if written.best_trial is not None:
@@ -316,8 +345,13 @@ class Store:
                 return  # an older run finished late (a resume): latest keeps pointing at the newest
         except SpecError:
             pass  # a damaged pointer: ours to rewrite
-        pointer = {"run_id": run_id, "manifest": f"{run_id}/report/{MANIFEST}", "committed_at": manifest.committed_at,
-                   "metric": manifest.metric, "best_trial": manifest.best_trial}
+        pointer = {
+            "run_id": run_id,
+            "manifest": f"{run_id}/report/{MANIFEST}",
+            "committed_at": manifest.committed_at,
+            "metric": manifest.metric,
+            "best_trial": manifest.best_trial,
+        }
         self._write(f"{name}/{LATEST}", json.dumps(pointer, indent=2).encode())
 
     @_fs_errors

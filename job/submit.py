@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -48,7 +48,7 @@ def submit(job: JobSpec, address: str, wait: bool = True) -> int:
     warn_local_source(job)
     client = connect(address)
     refuse_overlap(client, address, job.name)
-    job_id = f"{job.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    job_id = f"{job.name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     try:
         # From before the submission: a signal while it is in flight still stops what it started.
         with _stop_on_signals():
@@ -73,10 +73,7 @@ def send_job(client: JobSubmissionClient, address: str, job: JobSpec, job_id: st
         spec_file = write_spec(job, Path(folder))
         # The working_dir holds the spec file alone: the job starts in it, the code comes from the image.
         client.submit_job(
-            entrypoint=f"sweep run {spec_file.name}",
-            submission_id=job_id,
-            runtime_env={"working_dir": folder},
-            metadata={"sweep_name": job.name},
+            entrypoint=f"sweep run {spec_file.name}", submission_id=job_id, runtime_env={"working_dir": folder}, metadata={"sweep_name": job.name}
         )
     _say(f"submitted {job_id} to {address}: sweep run {spec_file.name}")
 
@@ -84,17 +81,14 @@ def send_job(client: JobSubmissionClient, address: str, job: JobSpec, job_id: st
 def check_shared_storage(uri: str) -> None:
     # A local folder would be a different disk on every node, and not the submitter's disk either.
     if not uri.startswith("s3://"):
-        raise SpecError([
-            f"storage.uri: a Ray cluster needs shared storage (got {uri}). "
-            "Use s3://bucket/prefix and set AWS_* variables on the cluster."
-        ])
+        raise SpecError(
+            [f"storage.uri: a Ray cluster needs shared storage (got {uri}). Use s3://bucket/prefix and set AWS_* variables on the cluster."]
+        )
 
 
 def dashboard_url(address: str) -> str:
     if not address.startswith(("http://", "https://")):
-        raise SpecError([
-            f"--address: expected the Ray dashboard's URL (got {address}). Use http://HEAD:8265."
-        ])
+        raise SpecError([f"--address: expected the Ray dashboard's URL (got {address}). Use http://HEAD:8265."])
     return address.rstrip("/")
 
 
@@ -116,10 +110,12 @@ def connect(address: str) -> JobSubmissionClient:
         return JobSubmissionClient(address)
     except AuthenticationError as err:
         reason = err.message.splitlines()[0].rsplit(": ", 1)[-1]
-        raise SpecError([
-            f"--address: the cluster refused the token ({reason}). "
-            "Set RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN."
-        ]) from None
+        raise SpecError(
+            [
+                f"--address: the cluster refused the token ({reason}). "
+                "Set RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN."
+            ]
+        ) from None
     except ConnectionError as err:
         raise _unreachable(address, type(err).__name__) from None
     except RuntimeError as err:  # the Jobs API is missing or too old on that cluster
@@ -135,10 +131,12 @@ def refuse_overlap(client: JobSubmissionClient, address: str, name: str) -> None
     # write into the run the first is still writing.
     for other in client.list_jobs():
         if (other.metadata or {}).get("sweep_name") == name and not other.status.is_terminal():
-            raise SpecError([
-                f"name: a sweep named {name} is still {other.status.value} on the cluster (got job {other.submission_id}). "
-                f"Wait for it, or stop it: ray job stop --address {address} {other.submission_id}."
-            ])
+            raise SpecError(
+                [
+                    f"name: a sweep named {name} is still {other.status.value} on the cluster (got job {other.submission_id}). "
+                    f"Wait for it, or stop it: ray job stop --address {address} {other.submission_id}."
+                ]
+            )
 
 
 def write_spec(job: JobSpec, folder: Path) -> Path:
@@ -161,10 +159,12 @@ def follow(client: JobSubmissionClient, address: str, job_id: str) -> tuple[JobS
         try:
             info = client.get_job_info(job_id)
         except requests.RequestException as err:
-            raise SpecError([
-                f"--address: lost the Ray dashboard at {address} while {job_id} ran ({type(err).__name__}). "
-                f"Check it later: ray job status --address {address} {job_id}."
-            ]) from None
+            raise SpecError(
+                [
+                    f"--address: lost the Ray dashboard at {address} while {job_id} ran ({type(err).__name__}). "
+                    f"Check it later: ray job status --address {address} {job_id}."
+                ]
+            ) from None
         if info.status.is_terminal():
             # Ray appends the tail of the logs to a failure message; they were streamed already.
             return info.status, (info.message or "").split(", last available logs")[0]
@@ -205,8 +205,10 @@ def stop_job(client: JobSubmissionClient, address: str, job_id: str) -> None:
     if status.is_terminal():
         _say(f"stopped: job {job_id} {status.value.lower()} on the cluster")
     else:
-        _say(f"stopped: asked the cluster to stop job {job_id}; still {status.value} after {STOP_WAIT_S:.0f} s. "
-             f"Check: ray job status --address {address} {job_id}")
+        _say(
+            f"stopped: asked the cluster to stop job {job_id}; still {status.value} after {STOP_WAIT_S:.0f} s. "
+            f"Check: ray job status --address {address} {job_id}"
+        )
 
 
 def _wait_until_ended(client: JobSubmissionClient, job_id: str, timeout_s: float) -> JobStatus:

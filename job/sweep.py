@@ -8,12 +8,12 @@ Must not parse YAML or read the environment: it receives a validated `JobSpec` a
 from __future__ import annotations
 
 import logging
-import secrets
 import os
+import secrets
 import signal
 import tempfile
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from job import data, lease, outcome, progress, search, storage, tracking, train
 from job.results import NODE, NOTE, REPLAY, STOPPED, TERMINATED, VARIANT, SweepResult
 from job.spec import JobSpec, SpecError, UserError, resolve_trial
 from job.storage import Store
-
 
 
 class Interrupted(Exception):
@@ -138,7 +137,7 @@ class _StopSignals:
 
 def new_run_id() -> str:
     """Sortable by UTC start time; the suffix keeps two runs in one second apart."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{secrets.token_hex(2)}"
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{secrets.token_hex(2)}"
 
 
 def _resumable_run(job_spec: JobSpec, store: Store) -> str | None:
@@ -186,10 +185,12 @@ def _check_resources(job_spec: JobSpec, gpus: float, joins_cluster: bool) -> Non
     need = _need(cpus, gpus)
     largest = max((f"{r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs" for r in nodes), default="no nodes")
     if not joins_cluster:
-        raise SpecError([f"resources: no node can hold a trial of {need} (got {largest} on this machine). "
-                         "Lower resources.cpus or resources.gpus"])
-    print(f"waiting: no node has {need} for a trial yet (largest: {largest}); trials start when the cluster adds one"
-          + (" (resources.gpu_fallback: true runs them on the CPU instead)" if gpus else ""), flush=True)
+        raise SpecError([f"resources: no node can hold a trial of {need} (got {largest} on this machine). Lower resources.cpus or resources.gpus"])
+    print(
+        f"waiting: no node has {need} for a trial yet (largest: {largest}); trials start when the cluster adds one"
+        + (" (resources.gpu_fallback: true runs them on the CPU instead)" if gpus else ""),
+        flush=True,
+    )
 
 
 def _need(cpus: float, gpus: float) -> str:
@@ -213,11 +214,13 @@ def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, co
         verbose=0,
     )
     tune_config = tune.TuneConfig(
-        metric=wanted.metric, mode=wanted.mode, scheduler=search.scheduler(job_spec),
-        search_alg=search.searcher(job_spec), max_concurrent_trials=wanted.max_concurrent,
+        metric=wanted.metric,
+        mode=wanted.mode,
+        scheduler=search.scheduler(job_spec),
+        search_alg=search.searcher(job_spec),
+        max_concurrent_trials=wanted.max_concurrent,
         # Tune's samples repeat the whole space, variants included; an optuna searcher makes every trial itself.
         num_samples=job_spec.trial_count() if wanted.algorithm == "optuna" else wanted.samples,
-        time_budget_s=wanted.time_budget_s,
         # A new worker per trial imports torch, Ray Tune and this job again: 3-20 s on 2 busy cores, against
         # trials of seconds. A reused worker runs the next trial in a fresh thread, with its data kept
         # (`data.device_data`); each trial seeds the global RNG itself (`train.new_state`).
@@ -276,5 +279,3 @@ def _resume(trial_path: str, filesystem: Any, device: Any) -> tuple[train.TrainS
         unreadable = f" ({', '.join(skipped)} unreadable)" if skipped else ""
         return state, f"resumed at epoch {state.epoch} from checkpoint {path.rsplit('/', 1)[-1]}{unreadable}"
     return None, f"no readable checkpoint ({', '.join(skipped)} unreadable): starting over" if skipped else ""
-
-

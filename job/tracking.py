@@ -22,8 +22,13 @@ def prepare(job_spec: JobSpec) -> None:
     missing = [name for name in ("mlflow", "wandb") if getattr(tracking, name) is not None and importlib.util.find_spec(name) is None]
     if missing:
         # Not a SpecError: run_sweep would call it a storage-side stop to resume from.
-        raise UserError([f"tracking.{name}: the {name} package is not installed (got tracking.{name} set). "
-                         f"pip install 'sweep-job[{name}]', or remove tracking.{name} from the spec" for name in missing])
+        raise UserError(
+            [
+                f"tracking.{name}: the {name} package is not installed (got tracking.{name} set). "
+                f"pip install 'sweep-job[{name}]', or remove tracking.{name} from the spec"
+                for name in missing
+            ]
+        )
     if tracking.wandb is not None and tracking.wandb.mode == "offline":
         os.environ["WANDB_MODE"] = "offline"  # Ray's callback asks for an API key unless this says offline; `mode` reaches wandb.init only
 
@@ -43,8 +48,11 @@ def _mlflow_logger(job_spec: JobSpec, run_id: str) -> Any:
     spec = job_spec.tracking.mlflow
     # The optim settings no trial varies are the same for every run: tags; the searched ones are each run's params.
     fixed = {f"optim.{k}": str(v) for k, v in job_spec.optim.model_dump().items() if f"optim.{k}" not in job_spec.search.space}
-    return MLflowLoggerCallback(tracking_uri=spec.tracking_uri, experiment_name=spec.experiment or job_spec.name,
-                                tags={"sweep_job.name": job_spec.name, "sweep_job.run_id": run_id, **fixed})
+    return MLflowLoggerCallback(
+        tracking_uri=spec.tracking_uri,
+        experiment_name=spec.experiment or job_spec.name,
+        tags={"sweep_job.name": job_spec.name, "sweep_job.run_id": run_id, **fixed},
+    )
 
 
 def _wandb_logger(job_spec: JobSpec, run_id: str) -> Any:
@@ -61,11 +69,16 @@ def _wandb_logger(job_spec: JobSpec, run_id: str) -> Any:
         raise UserError([f"tracking.wandb.dir: cannot create it (got {folder}: {err.strerror}). Name a folder the driver can write"]) from None
     # upload_timeout: at the sweep's end Ray waits this long for runs still uploading. Ray's 30 min default
     # also holds up a stopped sweep, whose unfinished trials' runs never close.
-    callback = WandbLoggerCallback(project=spec.project, group=f"{job_spec.name}/{run_id}", mode=spec.mode, dir=str(folder),
-                                   upload_timeout=WANDB_UPLOAD_TIMEOUT_S)
+    callback = WandbLoggerCallback(
+        project=spec.project, group=f"{job_spec.name}/{run_id}", mode=spec.mode, dir=str(folder), upload_timeout=WANDB_UPLOAD_TIMEOUT_S
+    )
     try:
         callback.setup()  # Tune calls it again; here a missing key is one line before any trial starts
     except ValueError:
-        raise UserError(["tracking.wandb: no W&B API key (got mode online). Set WANDB_API_KEY or run `wandb login` "
-                         "on the driver's node, or use tracking.wandb.mode: offline"]) from None
+        raise UserError(
+            [
+                "tracking.wandb: no W&B API key (got mode online). Set WANDB_API_KEY or run `wandb login` "
+                "on the driver's node, or use tracking.wandb.mode: offline"
+            ]
+        ) from None
     return callback

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,10 @@ def new_state(trial: TrialSpec, device: torch.device) -> TrainState:
     # The fused kernel does the whole Adam update in one pass; at batch 32 the update is about
     # half of each step, so this matters on the CPU as much as on CUDA.
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=trial.optim.lr, weight_decay=trial.optim.weight_decay, fused=True,
+        model.parameters(),
+        lr=trial.optim.lr,
+        weight_decay=trial.optim.weight_decay,
+        fused=True,
         capturable=device.type == "cuda",  # lets the step live inside a CUDA graph
     )
     state = TrainState(model, optimizer)
@@ -88,8 +92,14 @@ def train_trial(trial: TrialSpec, device: torch.device, state: TrainState | None
         test_loss, test_acc = evaluate(state.model, data.x_test, data.y_test, _autocast(trial, device))
         state.epoch = epoch
         metrics = EpochMetrics(
-            epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
-            epoch_s=time.perf_counter() - start, samples_per_s=len(data.y_train) / train_s, device=device_name(device),
+            epoch=epoch,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            epoch_s=time.perf_counter() - start,
+            samples_per_s=len(data.y_train) / train_s,
+            device=device_name(device),
         )
         state.history.append(metrics)
         yield metrics, state
@@ -151,9 +161,19 @@ def adam_step(optimizer: torch.optim.Optimizer) -> None:
         steps = [st["step"] for st in states]
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
-            params, [p.grad for p in params], [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states], [], steps,
-            amsgrad=False, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-            weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+            params,
+            [p.grad for p in params],
+            [st["exp_avg"] for st in states],
+            [st["exp_avg_sq"] for st in states],
+            [],
+            steps,
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=False,
         )
         for p in params:
             p.grad = None
@@ -219,7 +239,7 @@ def _restore(state: TrainState, saved: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: ContextManager = nullcontext()) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: AbstractContextManager = nullcontext()) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (percent) in large batches, in eval mode."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
@@ -232,7 +252,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Conte
     return loss_sum.item() / len(y), 100.0 * correct.item() / len(y)
 
 
-def _autocast(trial: TrialSpec, device: torch.device) -> ContextManager:
+def _autocast(trial: TrialSpec, device: torch.device) -> AbstractContextManager:
     if trial.optim.precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -246,14 +266,23 @@ def save_checkpoint(folder: Path, state: TrainState, trial: TrialSpec, metrics: 
     """Weights, optimizer and random state, plus a JSON that rebuilds the model with no sweep state
     and holds the trial's whole history (a resumed trial reports every epoch, whichever attempt ran it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
-               # Dropout draws from the global generator: with it saved, a resumed trial is bit-identical.
-               "rng": torch.get_rng_state()}
+    weights = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "epoch": state.epoch,
+        # Dropout draws from the global generator: with it saved, a resumed trial is bit-identical.
+        "rng": torch.get_rng_state(),
+    }
     if metrics.device != "cpu":
         weights["cuda_rng"] = torch.cuda.get_rng_state()
     torch.save(weights, folder / WEIGHTS)
-    meta = {"trial": trial.model_dump(mode="json"), "epoch": state.epoch, "metrics": metrics.to_dict(),
-            "history": [m.to_dict() for m in state.history], "torch": torch.__version__}
+    meta = {
+        "trial": trial.model_dump(mode="json"),
+        "epoch": state.epoch,
+        "metrics": metrics.to_dict(),
+        "history": [m.to_dict() for m in state.history],
+        "torch": torch.__version__,
+    }
     (folder / TRIAL_JSON).write_text(json.dumps(meta, indent=2))
 
 
@@ -267,11 +296,13 @@ def load_checkpoint(folder: Path, device: torch.device) -> tuple[TrainState, Tri
         state.model.load_state_dict(weights["model"])
         state.optimizer.load_state_dict(weights["optimizer"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise SpecError([f"{folder}: not a readable checkpoint ({type(err).__name__}). "
-                         "Use an intact folder from --checkpoint or --download-best"]) from None
+        raise SpecError(
+            [f"{folder}: not a readable checkpoint ({type(err).__name__}). Use an intact folder from --checkpoint or --download-best"]
+        ) from None
     if weights["epoch"] != meta["epoch"]:  # the weights and the JSON come from two different saves
-        raise SpecError([f"{folder}: {WEIGHTS} is from epoch {weights['epoch']} but {TRIAL_JSON} from epoch {meta['epoch']}. "
-                         "Use an intact checkpoint"])
+        raise SpecError(
+            [f"{folder}: {WEIGHTS} is from epoch {weights['epoch']} but {TRIAL_JSON} from epoch {meta['epoch']}. Use an intact checkpoint"]
+        )
     state.epoch = weights["epoch"]
     state.history = [EpochMetrics.from_dict(row) for row in meta.get("history", [meta["metrics"]])]
     if "rng" in weights:

@@ -35,8 +35,7 @@ class Driver:
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.lines: list[tuple[float, str]] = []
         self.killed = False
         self.leftovers = 0

@@ -15,9 +15,10 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -48,8 +49,12 @@ def _trial(i: int, variant: str, lr: float, hidden: int, peak: float, status: st
 
 
 TRIALS = [
-    _trial(0, "basic", 1.2e-4, 32, 41.0), _trial(1, "basic", 3.1e-3, 64, 52.5), _trial(2, "dropout", 9.5e-3, 32, 44.0),
-    _trial(3, "dropout", 1.0e-3, 64, 47.25, "ERROR"), _trial(4, "batchnorm", 2.2e-3, 32, 55.0), _trial(5, "batchnorm", 4.0e-4, 64, 49.5),
+    _trial(0, "basic", 1.2e-4, 32, 41.0),
+    _trial(1, "basic", 3.1e-3, 64, 52.5),
+    _trial(2, "dropout", 9.5e-3, 32, 44.0),
+    _trial(3, "dropout", 1.0e-3, 64, 47.25, "ERROR"),
+    _trial(4, "batchnorm", 2.2e-3, 32, 55.0),
+    _trial(5, "batchnorm", 4.0e-4, 64, 49.5),
 ]
 
 
@@ -80,8 +85,10 @@ class DevTools:
 
     async def click(self, selector: str) -> None:
         """A real mouse click in the middle of the element, as a person would."""
-        box = await self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
-                            " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        box = await self.js(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
+            " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         for kind in ("mousePressed", "mouseReleased"):
             await self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 
@@ -105,9 +112,22 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A headless Chromium on loopback; yields the websocket URL of its blank page."""
     profile = tmp_path_factory.mktemp("chromium-profile")
     process = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions", "--disable-background-networking",
-         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={profile}", "--hide-scrollbars", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "--hide-scrollbars",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + TIMEOUT_S
@@ -133,8 +153,12 @@ async def _inspect(ws_url: str, page: Path) -> dict[str, Any]:
         await tab.wait_for("Page.loadEventFired")
         found: dict[str, Any] = {"images": await tab.js(IMAGES), "widths": await tab.js(WIDTHS)}
         height = (await tab.send("Page.getLayoutMetrics"))["cssContentSize"]["height"]
-        shot = await tab.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,  # as loaded, before any click
-                              clip={"x": 0, "y": 0, "width": VIEWPORT[0], "height": height, "scale": 1})
+        shot = await tab.send(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,  # as loaded, before any click
+            clip={"x": 0, "y": 0, "width": VIEWPORT[0], "height": height, "scale": 1},
+        )
         order = "[...document.querySelectorAll('#leaderboard tbody tr')].map(r => r.cells[1].textContent)"
         found["order"] = {"loaded": await tab.js(order)}
         for label, column in [("loss up", 7), ("loss down", 7), ("lr up", 5), ("trial up", 2)]:
@@ -210,4 +234,3 @@ def test_screenshot_shows_the_page(seen: dict[str, Any], capsys: pytest.CaptureF
     assert image.shape[:2] == (int(seen["height"]), VIEWPORT[0]) and seen["height"] > 2 * VIEWPORT[1]
     pixels = (image[..., :3] * 255).astype(int)
     assert (np.abs(pixels - (0x8B, 0, 0)).sum(axis=-1) < 40).sum() > 1000  # the curves' dark red made it onto the screen
-

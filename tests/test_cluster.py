@@ -25,8 +25,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from conftest import FOREIGN_VARS, TEST_ENV, free_port
+
 from job.storage import StorageSettings, Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -131,9 +131,15 @@ def cluster(s3_server: str) -> Iterator[Cluster]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_")) and k not in FOREIGN_VARS}
     clients = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     nodes = {
-        **base, **clients, "AWS_ENDPOINT_URL": s3_server, **TEST_ENV, "PATH": f"{BIN}:{base['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+        **base,
+        **clients,
+        "AWS_ENDPOINT_URL": s3_server,
+        **TEST_ENV,
+        "PATH": f"{BIN}:{base['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
         # GCS declares a silent node dead after 1 s x 3 checks instead of 3 s x 5: the node-loss test waits less.
-        "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_failure_threshold": "3",
     }
     port, dashboard = free_port(), free_port()
     # One temp dir per node, as on separate machines: nodes sharing one would share (and garbage-
@@ -142,17 +148,34 @@ def cluster(s3_server: str) -> Iterator[Cluster]:
     log = root / "ray-start.log"
     groups: set[int] = set()
     try:
-        head = _ray_start([
-            "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--temp-dir={root / 'head'}", "--num-gpus=0", *common,
-        ], nodes, log)
+        head = _ray_start(
+            [
+                "--head",
+                f"--port={port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--temp-dir={root / 'head'}",
+                "--num-gpus=0",
+                *common,
+            ],
+            nodes,
+            log,
+        )
         groups.add(head)
-        worker = _ray_start([
-            # One logical GPU on this CPU machine: trials that ask for GPUs must land here, and run on its CPU.
-            f"--address=127.0.0.1:{port}", f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={root / 'node2'}",
-            "--num-gpus=1", *common,
-        ], nodes, log)
+        worker = _ray_start(
+            [
+                # One logical GPU on this CPU machine: trials that ask for GPUs must land here, and run on its CPU.
+                f"--address=127.0.0.1:{port}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--temp-dir={root / 'node2'}",
+                "--num-gpus=1",
+                *common,
+            ],
+            nodes,
+            log,
+        )
         groups.add(worker)
         found = Cluster(f"http://127.0.0.1:{dashboard}", clients, head, worker, log, root)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -182,8 +205,12 @@ def _reports_per_trial(bucket_uri: str) -> dict[str, list[tuple[int, str]]]:
     """trial id -> (epoch, node id) of every report, read from Tune's result.json files in S3."""
     bucket, _, prefix = bucket_uri.removeprefix("s3://").partition("/")
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", []) if o["Key"].endswith("/result.json")]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+        if o["Key"].endswith("/result.json")
+    ]
     history: dict[str, list[tuple[int, str]]] = {}
     for key in keys:
         for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines():
@@ -243,7 +270,10 @@ def test_a_wrong_token_is_one_line(cluster: Cluster) -> None:
     env = {**os.environ, **cluster.env, "RAY_AUTH_TOKEN": "not-the-token"}
     done = subprocess.run(
         [str(BIN / "sweep"), "submit", "--address", cluster.address, str(SMOKE), "--set", "storage.uri=s3://b/p"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert done.stderr.strip() == (
@@ -264,8 +294,20 @@ def test_trials_that_ask_for_a_gpu_run_only_on_the_gpu_node(cluster: Cluster, bu
 
 def test_on_a_cluster_without_a_fitting_gpu_node_the_trials_wait_and_say_so(cluster: Cluster, bucket_uri: str) -> None:
     """Joining a cluster, GPU trials wait for a GPU node (an autoscaler's to start), never fall back to the CPU."""
-    command = [str(BIN / "sweep"), "submit", "--address", cluster.address, str(SMOKE), "--no-wait",
-               "--set", f"storage.uri={bucket_uri}", "--set", "search.space={}", "--set", "resources.gpus=2"]
+    command = [
+        str(BIN / "sweep"),
+        "submit",
+        "--address",
+        cluster.address,
+        str(SMOKE),
+        "--no-wait",
+        "--set",
+        f"storage.uri={bucket_uri}",
+        "--set",
+        "search.space={}",
+        "--set",
+        "resources.gpus=2",
+    ]
     done = subprocess.run(command, env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip()

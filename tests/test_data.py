@@ -48,6 +48,7 @@ def sha256(path: Path) -> str:
 
 # ---- synthetic data ----
 
+
 def test_synthetic_is_shaped_like_cifar() -> None:
     a = synthetic_arrays(300, 100, seed=0)
     assert (a.x_train.shape, a.x_test.shape) == ((300, 3, 32, 32), (100, 3, 32, 32))
@@ -97,6 +98,7 @@ def test_load_arrays_synthetic_uses_the_spec_sizes(tmp_path: Path) -> None:
 
 
 # ---- device tensors ----
+
 
 def test_to_device_normalizes_like_the_seed() -> None:
     a = synthetic_arrays(20, 10, seed=0)
@@ -182,6 +184,7 @@ def test_batch_indices_follow_the_generator() -> None:
 
 
 # ---- the verified cache ----
+
 
 def test_checksum_mismatch_leaves_nothing_behind(tmp_path: Path) -> None:
     mirror = tmp_path / "cifar-10-python.tar.gz"
@@ -282,8 +285,9 @@ def test_second_load_hits_the_cache(cifar: tuple[DataSpec, Arrays], monkeypatch:
 
 @needs_mirror
 @pytest.mark.parametrize("damage", [b"", b"garbage, not a torch file"])
-def test_a_damaged_cache_is_rebuilt_with_one_line(cifar: tuple[DataSpec, Arrays], tmp_path: Path, damage: bytes,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_damaged_cache_is_rebuilt_with_one_line(
+    cifar: tuple[DataSpec, Arrays], tmp_path: Path, damage: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec, first = cifar
     root = tmp_path / "root"
     root.mkdir()

@@ -477,9 +477,7 @@ def _plant_in_a_deletion_rule(doc: dict[str, Any]) -> None:
         spec["deletionRules"][0]["condition"]["foo"] = 1
 
 
-PLANTS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "spec": _plant_in_spec, "metadata": _plant_in_metadata, "container": _plant_in_a_container,
-}
+PLANTS: dict[str, Callable[[dict[str, Any]], None]] = {"spec": _plant_in_spec, "metadata": _plant_in_metadata, "container": _plant_in_a_container}
 
 
 @pytest.mark.parametrize("plant", PLANTS)

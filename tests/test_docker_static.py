@@ -117,9 +117,11 @@ def test_data_mirror_override_adds_the_mount_and_the_source_to_the_same_command(
     base = compose("docker-compose.yml")["services"]["job"]
     mirror = compose("docker/compose.data-mirror.yml")["services"]["job"]
     assert mirror["command"][: len(base["command"])] == base["command"]
-    assert mirror["command"][len(base["command"]):] == [
-        "--set", "data.source=${DATA_SOURCE:-/data/cifar-10-python.tar.gz}",
-        "--set", "data.sha256=${DATA_SHA256:?set DATA_SHA256 in .env to the archive's sha256 (see .env.example)}",
+    assert mirror["command"][len(base["command"]) :] == [
+        "--set",
+        "data.source=${DATA_SOURCE:-/data/cifar-10-python.tar.gz}",
+        "--set",
+        "data.sha256=${DATA_SHA256:?set DATA_SHA256 in .env to the archive's sha256 (see .env.example)}",
     ]
     assert mirror["volumes"] == ["${DATA_DIR:-./data}:/data:ro"]
 

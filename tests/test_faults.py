@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from faults import Driver, TcpProxy, epoch_of, event, trial_workers
 from test_sweep import REPO, SMOKE, Bucket, sweep_env
 
@@ -104,8 +103,14 @@ class Sweep:
         assert len(manifest["trials"]) == self.trials and set(trials.values()) == {("TERMINATED", self.epochs)}, f"{trials}\n{last}"
         self._assert_files_match(f"smoke/{run_id}", manifest)
         assert json.loads(self.bucket.read("smoke/latest.json"))["run_id"] == run_id
-        verify = subprocess.run([sys.executable, "-m", "job", "results", f"{self.uri}/smoke", "--verify"], env=self.env, cwd=REPO,
-                                capture_output=True, text=True, timeout=180)
+        verify = subprocess.run(
+            [sys.executable, "-m", "job", "results", f"{self.uri}/smoke", "--verify"],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]
         return manifest
 
@@ -114,6 +119,7 @@ class Sweep:
         that every result the driver printed before it is in that state. An upload in flight now may
         carry an older save, so two changes are waited for: Tune starts an upload only when the
         previous one has finished, so the second carries a save made after the first had landed."""
+
         def stored() -> dict[str, str]:
             keys = self.bucket.s3.list_objects_v2(Bucket=self.bucket.bucket, Prefix=f"{self.bucket.prefix}/smoke/{run_id}/tune/")
             return {o["Key"]: o["ETag"] for o in keys.get("Contents", []) if "/experiment_state" in o["Key"]}
@@ -208,6 +214,7 @@ def test_driver_killed_again_and_again_still_finishes_the_same_run(sweep_factory
             waited = next(at for at, line in driver.lines if RUN_LINE.match(line)) - killed_at
             sweep.say(f"attempt {attempt + 1}: resumed {waited:.1f} s after the kill")
             assert waited < LEASE_S + 60, f"the rerun waited {waited:.0f} s for a dead driver's lease"
+
         # Kill just after a trial finishes (for the first time) while others still train; an attempt
         # that finishes every trial without such a moment runs to the end instead.
         def newly_done(line: str) -> bool:
@@ -360,8 +367,9 @@ def test_a_second_driver_on_a_live_run_is_refused(sweep_factory) -> None:
     first = sweep.start()
     _, run_id = sweep.run_id_of(first)
     assert first.wait_for(lambda line: "] epoch " in line, RUN_S), first.tail()
-    second = subprocess.run([sys.executable, "-m", "job", "run", SMOKE, *sweep.overrides], env=sweep.env, cwd=REPO,
-                            capture_output=True, text=True, timeout=RUN_S)
+    second = subprocess.run(
+        [sys.executable, "-m", "job", "run", SMOKE, *sweep.overrides], env=sweep.env, cwd=REPO, capture_output=True, text=True, timeout=RUN_S
+    )
     assert first.proc.poll() is None, "the first run ended before the second driver was refused: make it longer"
     assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
     errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]

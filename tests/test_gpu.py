@@ -15,11 +15,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def trial_with(**optim):
-    job = parse_spec({
-        "name": "gpu", "variants": {"bn": {"batch_norm": True}, "do": {"dropout": 0.5}},
-        "data": {"dataset": "synthetic", "synthetic_train": 4000, "synthetic_test": 1000},
-        "optim": {"lr": 1e-3, "batch_size": 32, "epochs": 2, **optim},
-    })
+    job = parse_spec(
+        {
+            "name": "gpu",
+            "variants": {"bn": {"batch_norm": True}, "do": {"dropout": 0.5}},
+            "data": {"dataset": "synthetic", "synthetic_train": 4000, "synthetic_test": 1000},
+            "optim": {"lr": 1e-3, "batch_size": 32, "epochs": 2, **optim},
+        }
+    )
     return resolve_trial(job, "bn", {})
 
 

@@ -11,7 +11,26 @@ import pytest
 
 JOB = Path(__file__).resolve().parents[1] / "job"
 
-LEVELS = {"specfile": 0, "registry": 0, "spec": 0, "results": 0, "data": 1, "models": 1, "storage": 1, "report_html": 0, "report": 1, "lease": 2, "train": 2, "search": 3, "outcome": 3, "progress": 3, "tracking": 3, "submit": 3, "sweep": 4, "cli": 5}
+LEVELS = {
+    "specfile": 0,
+    "registry": 0,
+    "spec": 0,
+    "results": 0,
+    "data": 1,
+    "models": 1,
+    "storage": 1,
+    "report_html": 0,
+    "report": 1,
+    "lease": 2,
+    "train": 2,
+    "search": 3,
+    "outcome": 3,
+    "progress": 3,
+    "tracking": 3,
+    "submit": 3,
+    "sweep": 4,
+    "cli": 5,
+}
 ENTRY = {"__init__", "__main__"}
 # (importer, imported) pairs allowed against the levels, and why
 EXCEPTIONS = {
@@ -32,7 +51,21 @@ CONFINED = {
     "pyarrow": {"storage"},
     "matplotlib": {"report"},
 }
-NO_TORCH = {"specfile", "registry", "spec", "results", "storage", "report", "report_html", "lease", "search", "outcome", "progress", "tracking", "submit"}
+NO_TORCH = {
+    "specfile",
+    "registry",
+    "spec",
+    "results",
+    "storage",
+    "report",
+    "report_html",
+    "lease",
+    "search",
+    "outcome",
+    "progress",
+    "tracking",
+    "submit",
+}
 
 
 def source(module: str) -> ast.Module:
@@ -76,22 +109,16 @@ def test_no_grab_bag_modules(name: str) -> None:
     assert not list(JOB.rglob(f"{name}.py")), f"job/{name}.py: a function with no obvious home means the map is wrong"
 
 
-@pytest.mark.parametrize(
-    "module", sorted(LEVELS) + ["__init__", "__main__"]
-)
+@pytest.mark.parametrize("module", sorted(LEVELS) + ["__init__", "__main__"])
 def test_module_has_a_docstring(module: str) -> None:
     doc = ast.get_docstring(source(module))
     assert doc and doc.strip(), f"job/{module}.py has no docstring saying what it owns"
 
 
-@pytest.mark.parametrize(
-    "module",
-    sorted(LEVELS),
-)
+@pytest.mark.parametrize("module", sorted(LEVELS))
 def test_imports_point_down(module: str) -> None:
     wrong = {
-        other for other in job_imports(module)
-        if other not in ENTRY and (module, other) not in EXCEPTIONS and LEVELS.get(other, 99) >= LEVELS[module]
+        other for other in job_imports(module) if other not in ENTRY and (module, other) not in EXCEPTIONS and LEVELS.get(other, 99) >= LEVELS[module]
     }
     assert not wrong, f"job/{module}.py (level {LEVELS[module]}) imports {sorted(wrong)} at the same or a higher level"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from job.spec import SpecError
 from job.lease import LEASE, LEASE_TTL_S, RunLease
-from job.storage import Store, StorageSettings
+from job.spec import SpecError
+from job.storage import StorageSettings, Store
 
 
 def lease_file(root: Path) -> Path:
@@ -26,8 +26,19 @@ def hold(root: Path, host: str, pid: int, age_s: float = 0.0, released: bool = F
     path = lease_file(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     attempts = [{"started_at": "2026-12-01T00:00:00+00:00", "wall_s": 12.5}]
-    path.write_text(json.dumps({"owner": "other", "run_id": "run1", "host": host, "pid": pid, "renewed_at": time.time() - age_s,
-                                "released": released, "attempts": attempts}))
+    path.write_text(
+        json.dumps(
+            {
+                "owner": "other",
+                "run_id": "run1",
+                "host": host,
+                "pid": pid,
+                "renewed_at": time.time() - age_s,
+                "released": released,
+                "attempts": attempts,
+            }
+        )
+    )
 
 
 def new_lease(root: Path) -> RunLease:

@@ -17,11 +17,11 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-
 from faults import Driver, epoch_of, event, trial_workers
+from test_sweep import REPO, SMOKE, run_sweep, sweep_env
+
 from job import outcome, train
 from job.spec import JobSpec, SpecError, load_spec, parse_spec, resolve_trial
-from test_sweep import REPO, SMOKE, run_sweep, sweep_env
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -95,8 +95,15 @@ def test_a_killed_trial_retrains_the_epochs_after_its_newest_checkpoint_bit_iden
     ray_tmp = Path(f"/tmp/rt-{uuid.uuid4().hex[:6]}")  # Ray's socket paths must fit 107 bytes
     env = {**sweep_env(None, tmp_path), "RAY_TMPDIR": str(ray_tmp)}
     # ~2 s epochs on an idle 2-core machine: the kill lands in epoch 4, before its checkpoint.
-    sets = [f"storage.uri={out}", "optim.epochs=5", "checkpoints.every=2", "search.space={}",
-            "variants={dropout: {hidden: 32, dropout: 0.5}}", "data.synthetic_train=40000", "optim.batch_size=16"]
+    sets = [
+        f"storage.uri={out}",
+        "optim.epochs=5",
+        "checkpoints.every=2",
+        "search.space={}",
+        "variants={dropout: {hidden: 32, dropout: 0.5}}",
+        "data.synthetic_train=40000",
+        "optim.batch_size=16",
+    ]
     driver = Driver([sys.executable, "-m", "job", "run", SMOKE, *flags(sets)], env, REPO)
     try:
         found = driver.wait_for(lambda line: (e := event(line)) is not None and e[0] == "epoch" and epoch_of(line) == 3, 400)
@@ -123,8 +130,16 @@ def grid_result(history: list[dict], reported_rows: list[dict] | None) -> Simple
 
 
 def row(epoch: int, acc: float) -> dict:
-    return {"epoch": epoch, "train_loss": 1.0, "train_acc": acc, "test_loss": 1.0, "test_acc": acc, "epoch_s": 0.1,
-            "samples_per_s": 1.0, "device": "cpu"}
+    return {
+        "epoch": epoch,
+        "train_loss": 1.0,
+        "train_acc": acc,
+        "test_loss": 1.0,
+        "test_acc": acc,
+        "epoch_s": 0.1,
+        "samples_per_s": 1.0,
+        "device": "cpu",
+    }
 
 
 def test_history_adds_the_epochs_reported_after_the_newest_checkpoint() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from job.registry import BUILT_IN, MODEL_KINDS, MODELS_GROUP, KindSpec, kind_tag
-from job.spec import SEARCHABLE, JobSpec, SpecError, json_schema, parse_spec, resolve_trial
+from job.spec import SEARCHABLE, SpecError, json_schema, parse_spec, resolve_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,10 @@ def test_the_schema_documents_every_kind_and_its_fields() -> None:
     "variants, line",
     [
         ({"mlp": {"kind": "mlp", "hiden": 3}}, "variants.mlp.hiden: not a field of the spec. Did you mean 'hidden'?"),
-        ({"cnn": {"kind": "mlp", "widht": 3}}, "variants.cnn.widht: not a field of the spec. Known fields: kind, hidden, depth, dropout, batch_norm."),
+        (
+            {"cnn": {"kind": "mlp", "widht": 3}},
+            "variants.cnn.widht: not a field of the spec. Known fields: kind, hidden, depth, dropout, batch_norm.",
+        ),
         ({"linear": {"kind": "cnn", "widht": 3}}, "variants.linear.widht: not a field of the spec. Did you mean 'width'?"),
         ({"asha": {"kind": "cnn", "width": 2}}, "variants.asha.width: input should be greater than or equal to 4 (got 2). Fix the value."),
         ({"grid": {"kind": "cnn", "blocks": 1.5}}, "variants.grid.blocks:"),
@@ -72,10 +75,13 @@ def test_a_scheduler_field_is_still_found_under_its_tag() -> None:
 
 def test_every_kinds_fields_are_searchable() -> None:
     assert {"model.width", "model.stages", "model.blocks", "model.activation", "model.hidden", "optim.lr"} <= set(SEARCHABLE)
-    job = parse_spec({
-        "name": "t", "variants": {"small": {"kind": "cnn", "width": 8}, "deep": {"kind": "cnn", "blocks": 2}},
-        "search": {"space": {"model.width": {"grid": [8, 16]}, "model.activation": {"choice": ["relu", "gelu"]}}},
-    })
+    job = parse_spec(
+        {
+            "name": "t",
+            "variants": {"small": {"kind": "cnn", "width": 8}, "deep": {"kind": "cnn", "blocks": 2}},
+            "search": {"space": {"model.width": {"grid": [8, 16]}, "model.activation": {"choice": ["relu", "gelu"]}}},
+        }
+    )
     trial = resolve_trial(job, "deep", {"model.width": 16, "model.activation": "relu"})
     assert (trial.model.width, trial.model.blocks, trial.model.activation) == (16, 2, "relu")
     assert job.trial_count() == 4
@@ -144,9 +150,9 @@ def test_a_kind_added_in_one_place_is_validated_searchable_in_the_schema_and_tra
     schema = json.loads(sweep(["schema"], env).stdout)
     assert schema["$defs"]["TinySpec"]["properties"]["units"]["description"] == "hidden units of the tiny plugin net"
     typo = sweep(["validate", str(spec), "--set", "variants.t.unist=3"], env)
-    assert typo.returncode == 2 and typo.stderr.splitlines() == [
-        "error: variants.t.unist: not a field of the spec. Did you mean 'units'?",
-    ], typo.stderr
+    assert typo.returncode == 2 and typo.stderr.splitlines() == ["error: variants.t.unist: not a field of the spec. Did you mean 'units'?"], (
+        typo.stderr
+    )
     bad = sweep(["validate", str(spec), "--set", "search.space={model.units: {grid: [0]}}"], env)
     assert "error: search.space.model.units.grid[0]: input should be greater than or equal to 1 (got 0)" in bad.stderr
     trained = sweep(["train", str(spec), "--set", "data.root=" + str(tmp_path / "data")], env)
@@ -172,8 +178,9 @@ def test_a_broken_plugin_costs_only_its_own_kind(tmp_path: Path, entry: str, war
 
 
 def test_a_plugin_may_not_replace_a_built_in_kind(tmp_path: Path) -> None:
-    (tmp_path / "shadow.py").write_text("from typing import Literal\nfrom job.registry import CNNSpec\n\n"
-                                        "class Shadow(CNNSpec):\n    kind: Literal['cnn'] = 'cnn'\n")
+    (tmp_path / "shadow.py").write_text(
+        "from typing import Literal\nfrom job.registry import CNNSpec\n\nclass Shadow(CNNSpec):\n    kind: Literal['cnn'] = 'cnn'\n"
+    )
     env = install_plugin(tmp_path, "cnn = shadow:Shadow")
     result = sweep(["schema"], env)
     assert result.returncode == 0 and "Shadow" not in result.stdout
@@ -191,8 +198,9 @@ def fresh_venv(folder: Path) -> Path:
     minutes to install again."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
     python = folder / "bin" / "python"
-    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    own = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     host = sysconfig.get_paths()["purelib"]
     Path(own, "_sweep_job_host.pth").write_text(f"import site; site.addsitedir({host!r})\n")
     return python
@@ -213,7 +221,10 @@ def test_the_example_plugin_installed_with_pip_runs_a_sweep_of_its_model_on_its_
     assert "variants.lenet.kind: unknown kind (got 'lenet')" in before.stderr
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-build-isolation", "--no-index", str(EXAMPLE)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert installed.returncode == 0, installed.stderr
     assert job("validate", str(spec)).returncode == 0
@@ -227,7 +238,7 @@ def test_the_example_plugin_installed_with_pip_runs_a_sweep_of_its_model_on_its_
     assert all(float(r["best_test_acc"]) > 20.0 for r in rows.values()), rows  # chance is 10%; 25% and 39% seen after 2 epochs
 
 
-DATASET_PLUGIN = '''
+DATASET_PLUGIN = """
     import numpy as np
 
 
@@ -255,9 +266,17 @@ DATASET_PLUGIN = '''
 
     def boom(root, seed):
         raise ValueError("no such bucket")
-'''
-DATASET_POINTS = "\n".join(["[sweep_job.datasets]", "good = dsplugin:good", "floaty = dsplugin:floaty", "eleven = dsplugin:eleven",
-                            "boom = dsplugin:boom", "cifar10 = dsplugin:good"])
+"""
+DATASET_POINTS = "\n".join(
+    [
+        "[sweep_job.datasets]",
+        "good = dsplugin:good",
+        "floaty = dsplugin:floaty",
+        "eleven = dsplugin:eleven",
+        "boom = dsplugin:boom",
+        "cifar10 = dsplugin:good",
+    ]
+)
 PROBE = """
 from job import data
 from job.spec import DataSpec, SpecError

@@ -25,16 +25,37 @@ from job.spec import load_spec, resolve_trial
 
 WIDTH_PX, HEIGHT_PX = report.FIGURE_SIZE_PX
 DARK_RED, DARK_BLUE = (0x8B, 0x00, 0x00), (0x00, 0x00, 0x8B)  # matplotlib's darkred and darkblue
-SPEC = {"name": "cifar10-mlp", "optim": {"lr": 0.0001, "epochs": 3}, "search": {"space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}, "metric": "test_acc"}}
+SPEC = {
+    "name": "cifar10-mlp",
+    "optim": {"lr": 0.0001, "epochs": 3},
+    "search": {"space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}, "metric": "test_acc"},
+}
 NODE_1, NODE_2 = "0dd19544" + "e" * 48, "7f3a9c21" + "b" * 48  # Ray node ids are 56 hex characters
-MANIFEST = Manifest("cifar10-mlp", "20260101T000000Z-beef", "test_acc", "max", SPEC, {"python": "3.11.7", "torch": "2.14.1", "ray": "2.60.0"},
-                    "b_00001", (), (Attempt("2026-01-01T00:00:00+00:00", 100.5), Attempt("2026-01-01T01:00:00+00:00", 20.5)))
+MANIFEST = Manifest(
+    "cifar10-mlp",
+    "20260101T000000Z-beef",
+    "test_acc",
+    "max",
+    SPEC,
+    {"python": "3.11.7", "torch": "2.14.1", "ray": "2.60.0"},
+    "b_00001",
+    (),
+    (Attempt("2026-01-01T00:00:00+00:00", 100.5), Attempt("2026-01-01T01:00:00+00:00", 20.5)),
+)
 
 
 def _epochs(accs: list[float], losses: list[float], device: str = "cpu") -> list[EpochMetrics]:
     return [
-        EpochMetrics(epoch=i + 1, train_loss=loss - 0.1, train_acc=acc + 2, test_loss=loss, test_acc=acc,
-                     epoch_s=1.5, samples_per_s=1000.0 * (i + 1), device=device)
+        EpochMetrics(
+            epoch=i + 1,
+            train_loss=loss - 0.1,
+            train_acc=acc + 2,
+            test_loss=loss,
+            test_acc=acc,
+            epoch_s=1.5,
+            samples_per_s=1000.0 * (i + 1),
+            device=device,
+        )
         for i, (acc, loss) in enumerate(zip(accs, losses))
     ]
 
@@ -150,7 +171,7 @@ def test_report_html_leaderboard_fits_and_sorts_by_exact_values(rendered: tuple[
     assert NODE_1 not in table and "<td class=t>0dd19544</td>" in table  # short node ids: the table fits the page
     assert '<th title="optim.lr">lr</th>' in table  # one column per searched field, short name, full path on hover
     assert re.search(r'<td data-v="53\.0">53</td>', table)  # the sort key is the exact value, the text is rounded
-    assert '<tr><td></td><td class=t>d_00003</td>' in table  # the trial that never reported: no rank
+    assert "<tr><td></td><td class=t>d_00003</td>" in table  # the trial that never reported: no rank
 
 
 def test_report_html_header(rendered: tuple[Path, list[Path]]) -> None:
@@ -223,8 +244,13 @@ def test_search_figures_per_field_and_variant() -> None:
 
 
 def test_log_axis_from_a_variants_own_space() -> None:
-    spec = {"search": {"space": {}}, "variants": {"d": {"kind": "mlp", "search": {"model.dropout": {"loguniform": [0.01, 0.5]}}},
-                                                  "e": {"kind": "mlp", "search": {"space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}}}}}
+    spec = {
+        "search": {"space": {}},
+        "variants": {
+            "d": {"kind": "mlp", "search": {"model.dropout": {"loguniform": [0.01, 0.5]}}},
+            "e": {"kind": "mlp", "search": {"space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}}},
+        },
+    }
     assert report.log_uniform_paths(spec) == {"model.dropout", "optim.lr"}
 
 

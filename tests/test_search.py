@@ -11,9 +11,8 @@ from collections import Counter
 
 import pytest
 import torch
-
 from faults import event
-from test_faults import REPO, SLOW, SMOKE, RUN_S, assert_not_retrained, events, sweep_factory  # noqa: F401 (a fixture)
+from test_faults import REPO, RUN_S, SLOW, SMOKE, assert_not_retrained, events, sweep_factory  # noqa: F401 (a fixture)
 
 from job import search
 from job.spec import load_spec
@@ -27,12 +26,18 @@ def validate(*sets: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "job", "validate", SMOKE, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("sets, wanted", [
-    (["search.algorithm=optuna"], "error: search.space.optim.lr: grid cannot be searched by search.algorithm optuna. Use {choice: [0.001, 0.003]}"),
-    (["search.algorithm=optuna", "search.space={}"], "error: search.space: search.algorithm optuna needs at least one domain"),
-    (["search.time_budget_s=0"], "error: search.time_budget_s: "),
-    (["search.algorithm=tpe"], "error: search.algorithm: "),
-])
+@pytest.mark.parametrize(
+    "sets, wanted",
+    [
+        (
+            ["search.algorithm=optuna"],
+            "error: search.space.optim.lr: grid cannot be searched by search.algorithm optuna. Use {choice: [0.001, 0.003]}",
+        ),
+        (["search.algorithm=optuna", "search.space={}"], "error: search.space: search.algorithm optuna needs at least one domain"),
+        (["search.time_budget_s=0"], "error: search.time_budget_s: "),
+        (["search.algorithm=tpe"], "error: search.algorithm: "),
+    ],
+)
 def test_search_settings_that_cannot_run_are_one_line(sets: list[str], wanted: str) -> None:
     done = validate(*sets)
     assert done.returncode == 2, done.stdout + done.stderr
@@ -55,14 +60,17 @@ def test_optuna_gives_every_variant_the_same_number_of_trials_then_finishes() ->
 
 
 def test_a_missing_optuna_is_one_line_before_ray_starts(tmp_path) -> None:
-    code = ("import sys; sys.modules['optuna'] = None; from job import cli; "
-            f"sys.exit(cli.main(['run', {SMOKE!r}, '--set', 'storage.uri={tmp_path}', '--set', 'search.algorithm=optuna', "
-            "'--set', 'search.space={optim.lr: {choice: [0.001]}}']))")
+    code = (
+        "import sys; sys.modules['optuna'] = None; from job import cli; "
+        f"sys.exit(cli.main(['run', {SMOKE!r}, '--set', 'storage.uri={tmp_path}', '--set', 'search.algorithm=optuna', "
+        "'--set', 'search.space={optim.lr: {choice: [0.001]}}']))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line == ("error: search.algorithm: optuna is not installed here. Run pip install 'sweep-job[optuna]', "
-                    "or use search.algorithm random"), line
+    assert line == ("error: search.algorithm: optuna is not installed here. Run pip install 'sweep-job[optuna]', or use search.algorithm random"), (
+        line
+    )
     assert "starting run" not in done.stdout
 
 
@@ -108,8 +116,9 @@ def test_a_time_budget_ends_the_run_with_a_complete_honest_report(sweep_factory)
     assert all(1 <= t["epochs"] < 6 for t in finished), finished  # the trial timeout, not the last epoch, ended them
     assert manifest["best_trial"] in {t["trial_id"] for t in finished}
     sweep.assert_any_manifest_verifies()
-    shown = subprocess.run([sys.executable, "-m", "job", "results", f"{sweep.uri}/smoke"], env=sweep.env, cwd=REPO,
-                           capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [sys.executable, "-m", "job", "results", f"{sweep.uri}/smoke"], env=sweep.env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert shown.returncode == 0 and f"ended early: {ended}" in shown.stdout, shown.stdout + shown.stderr
 
 
@@ -118,8 +127,12 @@ def test_pbt_exploits_with_the_new_values_applied_and_records_each_schedule(swee
     """Six trials, the bottom half copying the top half every 2 epochs. An exploited trial goes on from its
     donor's checkpoint with its own new learning rate: every checkpoint's optimizer holds the rate of the
     config it was saved under (a copied optimizer state would keep the donor's)."""
-    sets = ["data.synthetic_train=5000", "search.scheduler={kind: pbt, interval: 2, quantile_fraction: 0.5}",
-            "search.space={optim.lr: {loguniform: [1.0e-5, 1.0e-1]}}", "search.samples=2"]
+    sets = [
+        "data.synthetic_train=5000",
+        "search.scheduler={kind: pbt, interval: 2, quantile_fraction: 0.5}",
+        "search.space={optim.lr: {loguniform: [1.0e-5, 1.0e-1]}}",
+        "search.samples=2",
+    ]
     sweep = sweep_factory(sets, epochs=8, trials=6)
     driver = sweep.start()
     _, run_id = sweep.run_id_of(driver)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from conftest import FOREIGN_VARS, TEST_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +45,9 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _objects(endpoint: str, bucket: str) -> dict[str, bytes]:
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id=TEST_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key="any")  # moto takes any key
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=TEST_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key="any"
+    )  # moto takes any key
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
     return {f"s3://{bucket}/{key}": s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
@@ -67,8 +67,15 @@ def test_a_run_persists_no_secret_anywhere(s3_server: str, tmp_path: Path, ray_t
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN_VARS and not k.startswith(("RAY_", "AWS_"))}
-    env.update(TEST_ENV, AWS_SECRET_ACCESS_KEY=canary, AWS_ENDPOINT_URL=s3_server, HOME=str(home), RAY_TMPDIR=str(ray_tmp),
-               PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
+    env.update(
+        TEST_ENV,
+        AWS_SECRET_ACCESS_KEY=canary,
+        AWS_ENDPOINT_URL=s3_server,
+        HOME=str(home),
+        RAY_TMPDIR=str(ray_tmp),
+        PYTHONUNBUFFERED="1",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
     bucket = f"secret-{uuid.uuid4().hex[:12]}"
     cmd = [sys.executable, "-m", "job", "run", SMOKE, "--set", f"storage.uri=s3://{bucket}/sweeps"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300)

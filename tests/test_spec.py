@@ -48,39 +48,52 @@ BAD_SPECS = [
     pytest.param(spec_with(optim={"batch_size": 1}), "optim.batch_size", ["greater than or equal to 2", "(got 1)"], id="batch-too-small"),
     pytest.param(spec_with(variants={"a": {"dropout": 1.0}}), "variants.a.dropout", ["less than 1", "(got 1.0)"], id="dropout-1"),
     pytest.param(spec_with(resources={"gpus": -0.5}), "resources.gpus", ["greater than or equal to 0"], id="gpus-negative"),
-    pytest.param(spec_with(variants={"a": {"kind": "vit"}}), "variants.a.kind", ["unknown kind (got 'vit')", "'mlp', 'linear', 'cnn'"], id="bad-kind"),
+    pytest.param(
+        spec_with(variants={"a": {"kind": "vit"}}), "variants.a.kind", ["unknown kind (got 'vit')", "'mlp', 'linear', 'cnn'"], id="bad-kind"
+    ),
     pytest.param(
         spec_with(search={"space": {"optim.lrr": {"grid": [1e-3]}}}),
-        "search.space.optim.lrr", ["not a field of the spec", "Did you mean 'optim.lr'?"], id="search-path",
+        "search.space.optim.lrr",
+        ["not a field of the spec", "Did you mean 'optim.lr'?"],
+        id="search-path",
     ),
     pytest.param(
         spec_with(search={"space": {"optim.lr": {"loguniform": [1e-2, 1e-4]}}}),
-        "search.space.optim.lr", ["low must be below high", "(got [0.01, 0.0001])"], id="loguniform-low-above-high",
+        "search.space.optim.lr",
+        ["low must be below high", "(got [0.01, 0.0001])"],
+        id="loguniform-low-above-high",
     ),
     pytest.param(
         spec_with(search={"space": {"optim.lr": {"loguniform": [0, 1e-2]}}}),
-        "search.space.optim.lr.loguniform", ["low must be > 0"], id="loguniform-zero",
+        "search.space.optim.lr.loguniform",
+        ["low must be > 0"],
+        id="loguniform-zero",
     ),
-    pytest.param(
-        spec_with(search={"space": {"optim.lr": {"normal": [0, 1]}}}),
-        "search.space.optim.lr", ["a domain is one of"], id="unknown-domain",
-    ),
+    pytest.param(spec_with(search={"space": {"optim.lr": {"normal": [0, 1]}}}), "search.space.optim.lr", ["a domain is one of"], id="unknown-domain"),
     pytest.param(spec_with(search={"metric": "acc"}), "search.metric", ["'test_acc'", "(got 'acc')"], id="bad-metric"),
     pytest.param(spec_with(data={"source": "/mirror/cifar.tar.gz"}), "data.sha256", ["required when data.source is set"], id="source-no-sha256"),
-    pytest.param(spec_with(data={"source": "/m.tar.gz", "sha256": "abc"}), "data.sha256", ["should match pattern", "(got 'abc')"], id="sha256-not-hex"),
+    pytest.param(
+        spec_with(data={"source": "/m.tar.gz", "sha256": "abc"}), "data.sha256", ["should match pattern", "(got 'abc')"], id="sha256-not-hex"
+    ),
     pytest.param(spec_with(name="Bad_Name"), "name", ["should match pattern", "(got 'Bad_Name')"], id="bad-name"),
     pytest.param({"variants": {"a": {}}}, "name", ["field required"], id="missing-name"),
     pytest.param(spec_with(variants={}), "variants", ["at least 1 item"], id="empty-variants"),
     pytest.param(spec_with(variants={"a b": {}}), "variants.a b", ["names use letters, digits"], id="bad-variant-name"),
     pytest.param(
         spec_with(search={"scheduler": {"kind": "asha", "grace": 3}}),
-        "search.scheduler.grace", ["not a field of the spec", "Did you mean 'grace_period'?"], id="asha-bad-key",
+        "search.scheduler.grace",
+        ["not a field of the spec", "Did you mean 'grace_period'?"],
+        id="asha-bad-key",
     ),
     pytest.param(
         spec_with(search={"scheduler": {"kind": "asha", "grace_period": 0}}),
-        "search.scheduler.grace_period", ["greater than or equal to 1", "(got 0)"], id="asha-grace-zero",
+        "search.scheduler.grace_period",
+        ["greater than or equal to 1", "(got 0)"],
+        id="asha-grace-zero",
     ),
-    pytest.param(spec_with(search={"scheduler": {"kind": "hyperband"}}), "search.scheduler.kind", ["unknown kind (got 'hyperband')"], id="bad-scheduler"),
+    pytest.param(
+        spec_with(search={"scheduler": {"kind": "hyperband"}}), "search.scheduler.kind", ["unknown kind (got 'hyperband')"], id="bad-scheduler"
+    ),
 ]
 
 
@@ -131,8 +144,12 @@ def test_smoke_spec_crosses_variants_with_the_grid() -> None:
 
 
 def test_trial_count_multiplies_grids_and_samples() -> None:
-    raw = spec_with(search={"space": {"optim.lr": {"grid": [1e-3, 1e-2, 1e-1]}, "model.hidden": {"grid": [8, 16]},
-                                      "optim.weight_decay": {"uniform": [0.0, 0.1]}}, "samples": 2})
+    raw = spec_with(
+        search={
+            "space": {"optim.lr": {"grid": [1e-3, 1e-2, 1e-1]}, "model.hidden": {"grid": [8, 16]}, "optim.weight_decay": {"uniform": [0.0, 0.1]}},
+            "samples": 2,
+        }
+    )
     assert parse_spec(raw).trial_count() == 1 * 3 * 2 * 2
 
 
@@ -284,8 +301,21 @@ def file_problems(tmp_path: Path, text: str, overrides: list[str] = ()) -> tuple
     return path, err.value.problems
 
 
-@pytest.mark.parametrize("value", ["!!int abc", "!!float x", "!!timestamp x", "!!bool maybe", "!!binary eA==", "!!str 3",
-                                   "!!python/object/apply:os.system [ls]", "!!python/name:os.system", "!foo x", "!<tag:x.org,2000:y> 1"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "!!int abc",
+        "!!float x",
+        "!!timestamp x",
+        "!!bool maybe",
+        "!!binary eA==",
+        "!!str 3",
+        "!!python/object/apply:os.system [ls]",
+        "!!python/name:os.system",
+        "!foo x",
+        "!<tag:x.org,2000:y> 1",
+    ],
+)
 def test_yaml_type_tags_are_refused_with_their_position(tmp_path: Path, value: str) -> None:
     _, problems = file_problems(tmp_path, BASE + f"seed: {value}\n")
     assert_line(problems, "seed", "YAML type tags are not used in a spec", "at line 3, column 7", "Remove the tag")
@@ -299,8 +329,9 @@ def test_a_tag_inside_a_section_names_its_dotted_path(tmp_path: Path) -> None:
     assert_line(problems, "search.space.optim.lr.grid[1]", "YAML type tags", "at line 4")
 
 
-@pytest.mark.parametrize("nested", ["[" * 10_000 + "]" * 10_000, "{a: " * 10_000 + "1" + "}" * 10_000,
-                                    "\n" + "".join("  " * i + f"a{i}:\n" for i in range(1, 200))])
+@pytest.mark.parametrize(
+    "nested", ["[" * 10_000 + "]" * 10_000, "{a: " * 10_000 + "1" + "}" * 10_000, "\n" + "".join("  " * i + f"a{i}:\n" for i in range(1, 200))]
+)
 def test_deep_nesting_is_refused(tmp_path: Path, nested: str) -> None:
     _, problems = file_problems(tmp_path, BASE + f"seed: {nested}\n")
     (line,) = problems
@@ -356,8 +387,13 @@ def test_search_values_are_checked_against_their_field(tmp_path: Path, space: st
 
 
 def test_search_values_that_fit_pass() -> None:
-    space = {"optim.lr": {"grid": [1e-3, "0.01"]}, "optim.batch_size": {"choice": [32, 64.0]}, "model.hidden": {"grid": [8]},
-             "optim.weight_decay": {"uniform": [0.0, 1.0]}, "optim.precision": {"grid": ["fp32", "bf16"]}}
+    space = {
+        "optim.lr": {"grid": [1e-3, "0.01"]},
+        "optim.batch_size": {"choice": [32, 64.0]},
+        "model.hidden": {"grid": [8]},
+        "optim.weight_decay": {"uniform": [0.0, 1.0]},
+        "optim.precision": {"grid": ["fp32", "bf16"]},
+    }
     assert parse_spec(spec_with(search={"space": space})).trial_count() == 2 * 1 * 2
 
 
@@ -385,8 +421,12 @@ def test_keys_are_printed_escaped_and_short(tmp_path: Path, key: str, shown: str
 def test_a_key_with_a_trailing_space_says_so(tmp_path: Path) -> None:
     _, problems = file_problems(tmp_path, BASE + '"optim ": {lr: 1}\n')
     assert problems == ["'optim ': not a field of the spec (a key with a leading or trailing space). Did you mean 'optim'?"]
-    assert_line(problems_of(spec_with(search={"space": {"optim.lr ": {"grid": [1e-3]}}})),
-                "search.space.'optim.lr '", "leading or trailing space", "Did you mean 'optim.lr'?")
+    assert_line(
+        problems_of(spec_with(search={"space": {"optim.lr ": {"grid": [1e-3]}}})),
+        "search.space.'optim.lr '",
+        "leading or trailing space",
+        "Did you mean 'optim.lr'?",
+    )
 
 
 def test_values_are_printed_escaped_and_short(tmp_path: Path) -> None:
@@ -413,8 +453,18 @@ def test_uppercase_sha256_is_accepted_as_lowercase() -> None:
     assert parse_spec(spec_with(data={"source": "/m.tar.gz", "sha256": digest})).data.sha256 == digest.lower()
 
 
-@pytest.mark.parametrize("key, kind", [("1", "int '1'"), ("null", "null"), ("on", "bool"), ("1.5", "float"),
-                                        ("[a]", "a list or mapping"), ("{a: 1}", "a list or mapping"), ("<<", "merge")])
+@pytest.mark.parametrize(
+    "key, kind",
+    [
+        ("1", "int '1'"),
+        ("null", "null"),
+        ("on", "bool"),
+        ("1.5", "float"),
+        ("[a]", "a list or mapping"),
+        ("{a: 1}", "a list or mapping"),
+        ("<<", "merge"),
+    ],
+)
 def test_non_string_keys_are_refused(tmp_path: Path, key: str, kind: str) -> None:
     path, problems = file_problems(tmp_path, BASE + f"{key}: x\n")
     assert_line(problems, str(path), "keys must be strings", f"(got {kind}", "line 3, column 1", "Quote the key")
@@ -480,8 +530,15 @@ def test_cli_reports_hostile_files_in_one_line(tmp_path: Path, capsys: pytest.Ca
     assert line.startswith(f"error: {path.format(file=spec)}:") and line.isprintable()
 
 
-@pytest.mark.parametrize("override, path", [("seed=!!int abc", "--set seed"), ("optim={lr: !!float x}", "--set optim"),
-                                            ("optim.lr=[" * 50, "--set optim.lr"), ("a\x1b[2J=1", r"'a\x1b[2J'")])
+@pytest.mark.parametrize(
+    "override, path",
+    [
+        ("seed=!!int abc", "--set seed"),
+        ("optim={lr: !!float x}", "--set optim"),
+        ("optim.lr=[" * 50, "--set optim.lr"),
+        ("a\x1b[2J=1", r"'a\x1b[2J'"),
+    ],
+)
 def test_cli_reports_hostile_overrides_in_one_line(capsys: pytest.CaptureFixture[str], override: str, path: str) -> None:
     assert cli.main(["validate", str(SPECS / "smoke.yaml"), "--set", override]) == 2
     out, err = capsys.readouterr()
@@ -491,7 +548,7 @@ def test_cli_reports_hostile_overrides_in_one_line(capsys: pytest.CaptureFixture
 
 def test_validate_shortens_a_large_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text(BASE + "search: {space: {optim.lr: {grid: [" + "0.1, " * 5000 + "]}}}\nstorage: {uri: \"\\e[2Jr\"}\n")
+    spec.write_text(BASE + "search: {space: {optim.lr: {grid: [" + "0.1, " * 5000 + ']}}}\nstorage: {uri: "\\e[2Jr"}\n')
     assert cli.main(["validate", str(spec)]) == 0
     out, _ = capsys.readouterr()
     assert "trials: 5000" in out and max(map(len, out.splitlines())) < 250
@@ -508,11 +565,17 @@ def test_a_spec_with_too_many_trials_is_refused(tmp_path: Path) -> None:
     assert line.startswith("search: the spec defines 10,201 trials") and "under 10,000" in line
 
 
-@pytest.mark.parametrize("raw, line", [
-    ({"tracking": {"mlflow": {"trackin_uri": "x"}}}, "tracking.mlflow.trackin_uri: not a field of the spec. Did you mean 'tracking_uri'?"),
-    ({"optim": {"lrr": 1}}, "optim.lrr: not a field of the spec. Did you mean 'lr'?"),
-    ({"variants": {"optim": {"kind": "mlp", "lrr": 1}}}, "variants.optim.lrr: not a field of the spec. Known fields: kind, hidden, depth, dropout, batch_norm."),
-])
+@pytest.mark.parametrize(
+    "raw, line",
+    [
+        ({"tracking": {"mlflow": {"trackin_uri": "x"}}}, "tracking.mlflow.trackin_uri: not a field of the spec. Did you mean 'tracking_uri'?"),
+        ({"optim": {"lrr": 1}}, "optim.lrr: not a field of the spec. Did you mean 'lr'?"),
+        (
+            {"variants": {"optim": {"kind": "mlp", "lrr": 1}}},
+            "variants.optim.lrr: not a field of the spec. Known fields: kind, hidden, depth, dropout, batch_norm.",
+        ),
+    ],
+)
 def test_unknown_keys_are_looked_up_in_their_own_section(raw: dict[str, Any], line: str) -> None:
     """The hint follows the user's keys down the spec, through optional sections and past variant names."""
     assert problems_of({"name": "t", "variants": {"a": {}}, **raw}) == [line]

@@ -29,8 +29,9 @@ SPEC_TEXTS = [p.read_text() for p in SPEC_FILES]
 MAX_PEAK_BYTES = 200e6  # per input; a spec needs well under 10 MB
 DEADLINE_MS = 2000  # per input; a spec loads in milliseconds
 # Deterministic in CI: the same inputs on every run, no example database carried between runs.
-PROPERTY = settings(max_examples=400, deadline=DEADLINE_MS, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+PROPERTY = settings(
+    max_examples=400, deadline=DEADLINE_MS, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 
 
 def schema_paths() -> list[str]:
@@ -48,14 +49,70 @@ def schema_paths() -> list[str]:
 PATHS = schema_paths()
 # Pieces an attacker reaches for: tags, anchors, deep brackets, control characters, odd numbers.
 FRAGMENTS = [
-    "!!int ", "!!float x", "!!timestamp ", "!!bool maybe", "!!binary ", "!!python/object/apply:os.system [ls]", "!foo ",
-    "&a ", "*a", "&a [*a]", "[" * 60, "]" * 5, "{a: " * 40, "- " * 40, "\x1b[2J", "\n", "\t", "\r", "\x00", "\x85",
-    "\u2028", "\u202e", '"\\e[2J"', '"\\n"', ": ", "? ", "<<: ", "=", "null", "~", ".inf", "-.inf", ".nan", "1e999",
-    "9" * 80, "1:" * 30 + "1", "1:" * 200 + "1.5", "2001-13-45", "0b_", "0x_", "'", '"', "#", "|\n  x\n", ">", "%YAML 1.1\n", "---\n", "...\n",
-    "optim: {lr: 1}\n", "optim:\n  lr: -1\n", "yes", "on: 1\n", "[a]: b\n", "1: x\n", " ", "lr ", "k" * 5000,
+    "!!int ",
+    "!!float x",
+    "!!timestamp ",
+    "!!bool maybe",
+    "!!binary ",
+    "!!python/object/apply:os.system [ls]",
+    "!foo ",
+    "&a ",
+    "*a",
+    "&a [*a]",
+    "[" * 60,
+    "]" * 5,
+    "{a: " * 40,
+    "- " * 40,
+    "\x1b[2J",
+    "\n",
+    "\t",
+    "\r",
+    "\x00",
+    "\x85",
+    "\u2028",
+    "\u202e",
+    '"\\e[2J"',
+    '"\\n"',
+    ": ",
+    "? ",
+    "<<: ",
+    "=",
+    "null",
+    "~",
+    ".inf",
+    "-.inf",
+    ".nan",
+    "1e999",
+    "9" * 80,
+    "1:" * 30 + "1",
+    "1:" * 200 + "1.5",
+    "2001-13-45",
+    "0b_",
+    "0x_",
+    "'",
+    '"',
+    "#",
+    "|\n  x\n",
+    ">",
+    "%YAML 1.1\n",
+    "---\n",
+    "...\n",
+    "optim: {lr: 1}\n",
+    "optim:\n  lr: -1\n",
+    "yes",
+    "on: 1\n",
+    "[a]: b\n",
+    "1: x\n",
+    " ",
+    "lr ",
+    "k" * 5000,
 ]
 LEAVES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=12),
     st.sampled_from([0, 1, 2, 32, 0.5, 1.0, 1e-3, 1e-4, "fp32", "bf16", "mlp", "linear", "asha", "fifo", "test_acc", "results"]),
 )
 VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
@@ -90,8 +147,7 @@ def structured_edit(draw: st.DrawFn, text: str) -> str:
     if draw(st.booleans()):
         search = raw["search"] = raw["search"] if isinstance(raw.get("search"), dict) else {}
         search["space"] = draw(SPACES)
-    return yaml.safe_dump(raw, sort_keys=False, default_flow_style=draw(st.sampled_from([None, True, False])),
-                          allow_unicode=draw(st.booleans()))
+    return yaml.safe_dump(raw, sort_keys=False, default_flow_style=draw(st.sampled_from([None, True, False])), allow_unicode=draw(st.booleans()))
 
 
 @st.composite
@@ -120,7 +176,8 @@ def mutated_specs(draw: st.DrawFn) -> str:
 
 OVERRIDES = st.lists(
     st.tuples(st.sampled_from(PATHS) | st.text(max_size=15), YAML_VALUES).map(lambda pv: f"{pv[0]}={pv[1]}") | st.text(max_size=20),
-    min_size=1, max_size=3,
+    min_size=1,
+    max_size=3,
 )
 
 STATS: dict[str, Any] = {"inputs": 0, "accepted": 0, "slowest_s": 0.0, "peak_bytes": 0, "slowest": ""}
@@ -129,8 +186,10 @@ STATS: dict[str, Any] = {"inputs": 0, "accepted": 0, "slowest_s": 0.0, "peak_byt
 @pytest.fixture(scope="module", autouse=True)
 def report_stats() -> Iterator[None]:
     yield
-    print(f"\nspec property tests: {STATS['inputs']} inputs ({STATS['accepted']} accepted), slowest "
-          f"{STATS['slowest_s'] * 1000:.1f} ms ({STATS['slowest'][:60]!r}...), largest peak {STATS['peak_bytes'] / 1e6:.2f} MB")
+    print(
+        f"\nspec property tests: {STATS['inputs']} inputs ({STATS['accepted']} accepted), slowest "
+        f"{STATS['slowest_s'] * 1000:.1f} ms ({STATS['slowest'][:60]!r}...), largest peak {STATS['peak_bytes'] / 1e6:.2f} MB"
+    )
 
 
 def measured(load: Callable[[], JobSpec], label: str) -> JobSpec | SpecError:

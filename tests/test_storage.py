@@ -11,14 +11,15 @@ import pickle
 import re
 import socket
 import stat
+import struct
 import subprocess
 import sys
-import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 import pyarrow.fs
@@ -27,7 +28,7 @@ import pytest
 from job import cli, storage
 from job.results import Attempt, Manifest, TrialSummary
 from job.spec import SpecError
-from job.storage import MANIFEST, RunInfo, Store, StorageSettings, split_sweep_uri
+from job.storage import MANIFEST, RunInfo, StorageSettings, Store, split_sweep_uri
 
 NAME, RUN, OLDER_RUN = "cifar10-mlp", "20260101T000000Z-beef", "20251231T000000Z-0001"
 REPORT_FILES = {
@@ -42,8 +43,17 @@ REPORT_FILES = {
 def _manifest(best_trial: str | None = "a_00000", run_id: str = RUN, **changes: Any) -> Manifest:
     """What sweep._manifest hands to commit_run: no files yet."""
     trial = TrialSummary("a_00000", "basic", {"optim.lr": 0.001}, "TERMINATED", "node-1", 3, {"test_acc": 41.5, "test_loss": 1.7}, "")
-    made = Manifest(name=NAME, run_id=run_id, metric="test_acc", mode="max", spec={"name": NAME}, versions={"python": "3.11"},
-                    best_trial=best_trial, trials=(trial,), attempts=(Attempt("2026-01-01T00:00:00+00:00", 12.5),))
+    made = Manifest(
+        name=NAME,
+        run_id=run_id,
+        metric="test_acc",
+        mode="max",
+        spec={"name": NAME},
+        versions={"python": "3.11"},
+        best_trial=best_trial,
+        trials=(trial,),
+        attempts=(Attempt("2026-01-01T00:00:00+00:00", 12.5),),
+    )
     return replace(made, **changes)
 
 
@@ -108,8 +118,12 @@ def test_settings_endpoint_s3_variable_wins_and_region_falls_back() -> None:
 
 def test_settings_and_the_filesystem_carry_no_key() -> None:
     """Ray pickles the filesystem into tuner.pkl and its experiment state: keys are resolved on each node."""
-    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
-           "AWS_SESSION_TOKEN": "t0ken-value"}
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
+        "AWS_ACCESS_KEY_ID": "id-value",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+        "AWS_SESSION_TOKEN": "t0ken-value",
+    }
     settings = StorageSettings.from_env(env)
     store = Store("s3://bucket/p", settings)
     for blob in (repr(settings).encode(), repr(store).encode(), pickle.dumps(settings), pickle.dumps(store.fs)):
@@ -130,7 +144,9 @@ def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 def test_check_without_credentials_names_the_variables(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _no_ambient_credentials(monkeypatch, tmp_path)
     store = Store("s3://some-bucket/prefix", StorageSettings.from_env(os.environ))
-    with pytest.raises(SpecError, match=r"^s3://some-bucket/prefix: no S3 credentials \(got AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unset") as err:
+    with pytest.raises(
+        SpecError, match=r"^s3://some-bucket/prefix: no S3 credentials \(got AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unset"
+    ) as err:
         store.check()
     assert len(err.value.problems) == 1 and "\n" not in str(err.value)
 
@@ -286,8 +302,10 @@ def test_s3_objects_carry_a_content_type_so_the_report_opens_in_a_browser(s3_env
     store.check()
     store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
     client, bucket = _s3_client(s3_env), bucket_uri.split("/")[2]
-    types = {rel: client.head_object(Bucket=bucket, Key=f"prefix/{NAME}/{RUN}/report/{rel}")["ContentType"]
-             for rel in ("report.html", "leaderboard.csv", "curves/a_00000.png", MANIFEST)}
+    types = {
+        rel: client.head_object(Bucket=bucket, Key=f"prefix/{NAME}/{RUN}/report/{rel}")["ContentType"]
+        for rel in ("report.html", "leaderboard.csv", "curves/a_00000.png", MANIFEST)
+    }
     assert types == {"report.html": "text/html", "leaderboard.csv": "text/csv", "curves/a_00000.png": "image/png", MANIFEST: "application/json"}
 
 
@@ -468,8 +486,14 @@ class _SlowProxy(_Endpoint):
 
 
 def test_keys_move_from_the_environment_to_a_private_file(tmp_path: Path) -> None:
-    environ = {"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_SESSION_TOKEN": "t0ken-value",
-               "AWS_SECURITY_TOKEN": "t0ken-value", "AWS_PROFILE": "someone-else", "AWS_REGION": "eu-west-1"}
+    environ = {
+        "AWS_ACCESS_KEY_ID": "id-value",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+        "AWS_SESSION_TOKEN": "t0ken-value",
+        "AWS_SECURITY_TOKEN": "t0ken-value",
+        "AWS_PROFILE": "someone-else",
+        "AWS_REGION": "eu-west-1",
+    }
     path = storage.move_env_keys_to_file(environ)
     assert path is not None and environ == {"AWS_REGION": "eu-west-1", "AWS_SHARED_CREDENTIALS_FILE": str(path), "AWS_PROFILE": "sweep-job"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -508,8 +532,9 @@ def test_boto3_and_pyarrow_sign_with_the_moved_keys(s3_env: dict[str, str], buck
 
 
 @pytest.mark.parametrize("behave", [_black_hole, _resetter], ids=["black-hole", "resetter"])
-def test_a_bad_endpoint_is_one_line_in_seconds(behave: Callable[[socket.socket], None], s3_env: dict[str, str],
-                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_endpoint_is_one_line_in_seconds(
+    behave: Callable[[socket.socket], None], s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     endpoint = _Endpoint(behave)
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint.url)
     try:
@@ -525,8 +550,9 @@ def test_a_bad_endpoint_is_one_line_in_seconds(behave: Callable[[socket.socket],
 
 
 @pytest.mark.slow
-def test_slow_but_working_storage_succeeds(s3_env: dict[str, str], bucket_uri: str, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_slow_but_working_storage_succeeds(
+    s3_env: dict[str, str], bucket_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every answer 3.5 s late (pyarrow's default would give up after 3 s without a byte) still passes: the
     probe, a commit with a multipart upload, and reading the run back. About 20 requests: a minute."""
     proxy = _SlowProxy(s3_env["AWS_ENDPOINT_URL"], 3.5)

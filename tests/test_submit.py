@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_cluster import Cluster, _api, _submit, cluster  # noqa: F401 (cluster: the fixture, a real two-node Ray)
 
 from job import submit
 from job.spec import SpecError, load_spec
-from test_cluster import Cluster, _api, _submit, cluster  # noqa: F401 (cluster: the fixture, a real two-node Ray)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.yaml"
@@ -73,8 +73,7 @@ def test_local_storage_is_refused_before_anything_is_contacted(monkeypatch: pyte
     with pytest.raises(SpecError) as err:
         submit.submit(job, "http://127.0.0.1:8265")
     assert err.value.problems == [
-        "storage.uri: a Ray cluster needs shared storage (got results). "
-        "Use s3://bucket/prefix and set AWS_* variables on the cluster."
+        "storage.uri: a Ray cluster needs shared storage (got results). Use s3://bucket/prefix and set AWS_* variables on the cluster."
     ]
 
 
@@ -84,9 +83,7 @@ def test_unreachable_address_is_one_line_within_seconds() -> None:
     with pytest.raises(SpecError) as err:
         submit.submit(load_spec(SMOKE, S3_SMOKE), address)
     assert time.monotonic() - started < 10
-    assert err.value.problems == [
-        f"--address: cannot reach the Ray dashboard at {address} (ConnectionError). Start the cluster or fix the address."
-    ]
+    assert err.value.problems == [f"--address: cannot reach the Ray dashboard at {address} (ConnectionError). Start the cluster or fix the address."]
 
 
 def test_address_without_scheme_is_refused() -> None:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from matplotlib.image import imread
-
 from conftest import FOREIGN_VARS, TEST_ENV
+from matplotlib.image import imread
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "specs" / "smoke.yaml")
@@ -47,8 +46,13 @@ class Bucket:
 
     def __init__(self, uri: str, endpoint: str) -> None:
         self.bucket, _, self.prefix = uri.removeprefix("s3://").partition("/")
-        self.s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=TEST_ENV["AWS_ACCESS_KEY_ID"],
-                               aws_secret_access_key=TEST_ENV["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=TEST_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
 
     def keys(self, under: str = "") -> list[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/{under}")
@@ -92,8 +96,14 @@ def test_manifest_lists_every_report_file_with_size_and_digest(smoke_run) -> Non
         body = bucket.read(f"{run}/{entry['path']}")
         assert len(body) == entry["size"], entry
         assert hashlib.sha256(body).hexdigest() == entry["sha256"], entry
-    assert {"report/leaderboard.csv", "report/metrics.csv", "report/compare.png", "report/report.html",
-            "report/best/model.pt", "report/best/trial.json"} <= listed
+    assert {
+        "report/leaderboard.csv",
+        "report/metrics.csv",
+        "report/compare.png",
+        "report/report.html",
+        "report/best/model.pt",
+        "report/best/trial.json",
+    } <= listed
     assert len([p for p in listed if p.startswith("report/curves/")]) == 6
 
 
@@ -137,9 +147,7 @@ def test_results_reads_the_run_back_and_downloads_the_best(smoke_run, tmp_path: 
     assert shown.returncode == 0, shown.stderr
     assert imread(tmp_path / "trend.png").shape[:2] == CURVE_PX
     assert manifest["run_id"] in shown.stdout and "committed" in shown.stdout
-    assert shown.stdout.index(manifest["best_trial"]) < min(
-        shown.stdout.index(t["trial_id"]) for t in manifest["trials"][1:]
-    )
+    assert shown.stdout.index(manifest["best_trial"]) < min(shown.stdout.index(t["trial_id"]) for t in manifest["trials"][1:])
     scored = run_sweep(["train", "--evaluate", str(tmp_path / "best")], env)
     best = manifest["trials"][0]["best"]["test_acc"]
     assert scored.returncode == 0 and f"test_acc {best:.2f}%" in scored.stdout
@@ -162,10 +170,9 @@ def test_local_folder_storage_gives_the_same_layout(smoke_run, tmp_path: Path) -
         assert (tmp_path / "out/smoke" / latest["run_id"] / entry["path"]).stat().st_size == entry["size"]
 
 
-@pytest.mark.parametrize("endpoint, drop, message", [
-    ("http://127.0.0.1:9", None, "http://127.0.0.1:9"),
-    ("SERVER", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
-])
+@pytest.mark.parametrize(
+    "endpoint, drop, message", [("http://127.0.0.1:9", None, "http://127.0.0.1:9"), ("SERVER", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")]
+)
 def test_bad_storage_fails_fast_with_one_line(s3_server: str, tmp_path: Path, endpoint: str, drop: str | None, message: str) -> None:
     env = sweep_env(s3_server if endpoint == "SERVER" else endpoint, tmp_path)
     if drop:
@@ -191,8 +198,7 @@ def test_killed_driver_resumes_the_same_run_without_retraining_finished_trials(s
     sets = [f"storage.uri={uri}", "optim.epochs=4", "data.synthetic_train=20000", "optim.batch_size=16"]
     overrides = [arg for item in sets for arg in ("--set", item)]
     args = [sys.executable, "-m", "job", "run", SMOKE, *overrides]
-    first = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
+    first = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     finished: list[str] = []
     lines: list[str] = []
     for line in first.stdout:
@@ -264,10 +270,8 @@ def test_a_failed_trial_whose_error_log_missed_storage_is_not_taken_for_finished
     from job import outcome
     from job.spec import load_spec
 
-    sets = [f"storage.uri={tmp_path / 'out'}", "optim.compile=true", "failures.max_retries=0", "search.space={}",
-            "variants={basic: {hidden: 8}}"]
-    done = run_sweep(["run", SMOKE, *[arg for item in sets for arg in ("--set", item)]],
-                     {**sweep_env(None, tmp_path), "CXX": "/bin/false"})
+    sets = [f"storage.uri={tmp_path / 'out'}", "optim.compile=true", "failures.max_retries=0", "search.space={}", "variants={basic: {hidden: 8}}"]
+    done = run_sweep(["run", SMOKE, *[arg for item in sets for arg in ("--set", item)]], {**sweep_env(None, tmp_path), "CXX": "/bin/false"})
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     (tune_path,) = (tmp_path / "out" / "smoke").glob("*/tune")
     spec = load_spec(SMOKE, sets)
@@ -287,8 +291,9 @@ def test_a_failed_trial_whose_error_log_missed_storage_is_not_taken_for_finished
 
 
 def test_a_trial_no_node_can_hold_is_refused_in_one_line(s3_server: str, tmp_path: Path) -> None:
-    done = run_sweep(["run", SMOKE, "--set", f"storage.uri={tmp_path / 'out'}", "--set", "resources.cpus=64"],
-                     sweep_env(s3_server, tmp_path), timeout_s=120)
+    done = run_sweep(
+        ["run", SMOKE, "--set", f"storage.uri={tmp_path / 'out'}", "--set", "resources.cpus=64"], sweep_env(s3_server, tmp_path), timeout_s=120
+    )
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: resources: no node can hold a trial of 64 CPUs") and line.endswith("Lower resources.cpus or resources.gpus")
@@ -297,8 +302,13 @@ def test_a_trial_no_node_can_hold_is_refused_in_one_line(s3_server: str, tmp_pat
 
 def test_a_missing_dataset_is_one_line_before_ray_starts(s3_server: str, tmp_path: Path) -> None:
     digest = "ab" * 32  # all digits would read as a YAML number
-    sets = [f"storage.uri={tmp_path / 'out'}", "data.dataset=cifar10", f"data.root={tmp_path / 'cache'}",
-            f"data.source={tmp_path / 'absent.tar.gz'}", f"data.sha256={digest}"]
+    sets = [
+        f"storage.uri={tmp_path / 'out'}",
+        "data.dataset=cifar10",
+        f"data.root={tmp_path / 'cache'}",
+        f"data.source={tmp_path / 'absent.tar.gz'}",
+        f"data.sha256={digest}",
+    ]
     done = run_sweep(["run", SMOKE, *[arg for item in sets for arg in ("--set", item)]], sweep_env(s3_server, tmp_path), timeout_s=120)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()

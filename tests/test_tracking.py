@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import FOREIGN_VARS
+
 from job import tracking
 from job.spec import SpecError, UserError, parse_spec
 
@@ -99,8 +99,10 @@ def test_a_tracker_without_its_package_is_one_line_saying_how_to_install_it(name
     monkeypatch.setitem(sys.modules, name, None)  # what an environment without the extra looks like to an import
     with pytest.raises(UserError) as caught:
         tracking.prepare(job)
-    assert caught.value.problems == [f"tracking.{name}: the {name} package is not installed (got tracking.{name} set). "
-                                     f"pip install 'sweep-job[{name}]', or remove tracking.{name} from the spec"]
+    assert caught.value.problems == [
+        f"tracking.{name}: the {name} package is not installed (got tracking.{name} set). "
+        f"pip install 'sweep-job[{name}]', or remove tracking.{name} from the spec"
+    ]
 
 
 @pytest.mark.skipif(not HAS_WANDB, reason="the wandb extra is not installed: pip install '.[wandb]'")

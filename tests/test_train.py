@@ -86,8 +86,8 @@ def test_metrics_per_epoch_are_numbered_and_reported() -> None:
 
 
 def test_training_is_deterministic_by_seed() -> None:
-    (a, _), = run(synthetic_trial("basic"))
-    (b, _), = run(synthetic_trial("basic"))
+    ((a, _),) = run(synthetic_trial("basic"))
+    ((b, _),) = run(synthetic_trial("basic"))
     assert (a.train_loss, a.test_loss, a.test_acc) == (b.train_loss, b.test_loss, b.test_acc)
 
 
@@ -102,7 +102,8 @@ def test_a_trial_after_others_in_one_process_trains_as_it_does_first() -> None:
     torch.rand(7)  # anything else the previous trial drew
     again = [m for m, _ in run(synthetic_trial("dropout", epochs=2))]
     assert [(m.train_loss, m.train_acc, m.test_loss, m.test_acc) for m in again] == [
-        (m.train_loss, m.train_acc, m.test_loss, m.test_acc) for m in first]
+        (m.train_loss, m.train_acc, m.test_loss, m.test_acc) for m in first
+    ]
     assert job.data.device_data(synthetic_trial().data, 0, CPU) is data  # the same tensors, kept
     assert all(torch.equal(a, b) for a, b in zip(kept, (data.x_train, data.y_train, data.x_test, data.y_test)))  # and unwritten
 
@@ -169,8 +170,8 @@ def test_a_torch_without_a_private_op_is_noticed(op: str) -> None:
 
 def test_compiled_forward_trains_like_the_eager_one() -> None:
     """optim.compile is for CUDA (tests/test_gpu.py); Inductor compiles for the CPU too, which checks the wiring here."""
-    (eager, eager_state), = run(synthetic_trial())
-    (compiled, compiled_state), = run(synthetic_trial(compile=True))
+    ((eager, eager_state),) = run(synthetic_trial())
+    ((compiled, compiled_state),) = run(synthetic_trial(compile=True))
     assert compiled_state.forward is not job.train.forward_loss
     assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-4)
     assert compiled.test_acc == pytest.approx(eager.test_acc, abs=0.2)
@@ -360,6 +361,7 @@ def test_cnn_cuda_graph_step_trains_like_the_eager_loop_on_cuda(precision: str) 
 
 
 # ---- the seed's experiment on the real data ----
+
 
 @pytest.fixture(scope="session")
 def cifar_job(tmp_path_factory: pytest.TempPathFactory) -> JobSpec:

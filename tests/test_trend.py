@@ -11,7 +11,7 @@ from matplotlib.image import imread
 
 from job import cli
 from job.results import Attempt, Manifest, TrialSummary, find_regression
-from job.storage import Store, StorageSettings
+from job.storage import StorageSettings, Store
 
 NAME = "nightly"
 CURVE_RGB = (0x8B / 255, 0.0, 0.0)  # darkred: the trend's line
@@ -25,8 +25,17 @@ def commit(store: Store, tmp: Path, run_id: str, best: float, metric: str = "tes
     (folder / "leaderboard.csv").write_text(f"rank,trial_id,best_{metric}\n1,a_00000,{best}\n")
     trial = TrialSummary("a_00000", "basic", {"optim.lr": 0.001}, "TERMINATED", "node", 3, {metric: best}, "")
     mode = "max" if metric.endswith("acc") else "min"
-    manifest = Manifest(name=NAME, run_id=run_id, metric=metric, mode=mode, spec={"name": NAME}, versions={},
-                        best_trial="a_00000", trials=(trial,), attempts=(Attempt("2026-01-01T00:00:00+00:00", 5.0),))
+    manifest = Manifest(
+        name=NAME,
+        run_id=run_id,
+        metric=metric,
+        mode=mode,
+        spec={"name": NAME},
+        versions={},
+        best_trial="a_00000",
+        trials=(trial,),
+        attempts=(Attempt("2026-01-01T00:00:00+00:00", 5.0),),
+    )
     store.commit_run(NAME, run_id, folder, manifest)
 
 
@@ -60,8 +69,9 @@ def test_a_drop_beyond_the_allowance_exits_3_with_one_line_and_the_plot_marks_it
     assert code == 3, out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0] == ("error: regression: run 20260104T030000Z-0004 best test_acc 40.9 is 2.6 worse than "
-                        "run 20260102T030000Z-0002's 43.5 (allowed 2.5)")
+    assert lines[0] == (
+        "error: regression: run 20260104T030000Z-0004 best test_acc 40.9 is 2.6 worse than run 20260102T030000Z-0002's 43.5 (allowed 2.5)"
+    )
     assert "leaderboard of 20260104T030000Z-0004" in out  # the usual report still prints, for the job's log
     assert pixels_of(png, MARK_RGB) > 100, "the trend plot does not mark the regression"
 

@@ -14,7 +14,7 @@ import pytest
 
 from job import cli
 from job.results import Attempt, Manifest, TrialSummary
-from job.storage import MANIFEST, Store, StorageSettings
+from job.storage import MANIFEST, StorageSettings, Store
 
 NAME, RUN, OLDER_RUN = "smoke", "20260102T000000Z-beef", "20260101T000000Z-0001"
 REPORT = {
@@ -44,8 +44,17 @@ class Run:
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data)
         trial = TrialSummary("a_00000", "basic", {"optim.lr": 0.001}, "TERMINATED", "node", 3, {"test_acc": 41.5, "test_loss": 1.7}, "")
-        manifest = Manifest(name=NAME, run_id=run_id, metric="test_acc", mode="max", spec={"name": NAME}, versions={},
-                            best_trial="a_00000", trials=(trial,), attempts=(Attempt("2026-01-02T00:00:00+00:00", 5.0),))
+        manifest = Manifest(
+            name=NAME,
+            run_id=run_id,
+            metric="test_acc",
+            mode="max",
+            spec={"name": NAME},
+            versions={},
+            best_trial="a_00000",
+            trials=(trial,),
+            attempts=(Attempt("2026-01-02T00:00:00+00:00", 5.0),),
+        )
         return self.store.commit_run(NAME, run_id, folder, manifest)
 
     def key(self, rel: str) -> str:
@@ -88,12 +97,15 @@ def test_an_untouched_run_verifies(run: Run, capsys: pytest.CaptureFixture[str])
     assert code == 0 and f"verified: {len(REPORT)} files ok" in out and not err
 
 
-@pytest.mark.parametrize(("rel", "tamper", "what"), [
-    ("report/best/model.pt", "flip", r"sha256 differs from the manifest's [0-9a-f]{12}\.\.\. \(got [0-9a-f]{12}\.\.\.\)"),
-    ("report/leaderboard.csv", "flip", r"sha256 differs"),
-    ("report/metrics.csv", "delete", r"missing \(got no file\)"),
-    ("report/best/trial.json", "append", r"size differs from the manifest's 12 bytes \(got 13\)"),
-])
+@pytest.mark.parametrize(
+    ("rel", "tamper", "what"),
+    [
+        ("report/best/model.pt", "flip", r"sha256 differs from the manifest's [0-9a-f]{12}\.\.\. \(got [0-9a-f]{12}\.\.\.\)"),
+        ("report/leaderboard.csv", "flip", r"sha256 differs"),
+        ("report/metrics.csv", "delete", r"missing \(got no file\)"),
+        ("report/best/trial.json", "append", r"size differs from the manifest's 12 bytes \(got 13\)"),
+    ],
+)
 def test_verify_names_each_bad_file(run: Run, capsys: pytest.CaptureFixture[str], rel: str, tamper: str, what: str) -> None:
     path = f"{RUN}/{rel}"
     if tamper == "flip":
@@ -128,12 +140,14 @@ def test_download_best_gets_the_verified_checkpoint(run: Run, capsys: pytest.Cap
     assert (tmp_path / "best/trial.json").read_bytes() == REPORT["best/trial.json"]
 
 
-@pytest.mark.parametrize(("tamper", "what"), [
-    ("flip", "report/best/model.pt: sha256 differs from the manifest's"),
-    ("extra", "report/best/extra.bin: not listed in the manifest (got 4 bytes)"),
-])
-def test_a_tampered_checkpoint_is_refused_and_removed(run: Run, capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                      tamper: str, what: str) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "what"),
+    [
+        ("flip", "report/best/model.pt: sha256 differs from the manifest's"),
+        ("extra", "report/best/extra.bin: not listed in the manifest (got 4 bytes)"),
+    ],
+)
+def test_a_tampered_checkpoint_is_refused_and_removed(run: Run, capsys: pytest.CaptureFixture[str], tmp_path: Path, tamper: str, what: str) -> None:
     if tamper == "flip":
         run.flip_byte(f"{RUN}/report/best/model.pt")
     else:
@@ -152,16 +166,20 @@ def _valid_manifest(run: Run) -> dict[str, Any]:
     return json.loads(run.read(f"{RUN}/report/{MANIFEST}"))
 
 
-@pytest.mark.parametrize(("damage", "what"), [
-    (lambda m: b"\x89PNG\r\n\x1a\n garbage", r"not JSON|not valid"),
-    (lambda m: b"", r"not JSON \(Expecting value at byte 0\) \(got 0 bytes\)"),
-    (lambda m: json.dumps(m).encode()[:100], r"not JSON \(.* at byte \d+\) \(got 100 bytes\)"),
-    (lambda m: b"[1, 2]", r"not valid \(manifest is not an object\)"),
-    (lambda m: json.dumps({**m, "trials": "all of them"}).encode(), r"not valid \(manifest.trials should be list \(got str\)\)"),
-    (lambda m: json.dumps({**m, "files": [{"path": "report/x", "size": "12"}]}).encode(), r"manifest.files\[0\].sha256 is missing"),
-    (lambda m: json.dumps({k: v for k, v in m.items() if k != "best_trial"}).encode(), r"manifest.best_trial is missing"),
-    (lambda m: json.dumps({**m, "schema_version": 99}).encode(), r"schema_version 99 is not one this version reads"),
-], ids=["garbage", "empty", "truncated", "a-list", "trials-a-string", "file-without-digest", "no-best-trial", "future-schema"])
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda m: b"\x89PNG\r\n\x1a\n garbage", r"not JSON|not valid"),
+        (lambda m: b"", r"not JSON \(Expecting value at byte 0\) \(got 0 bytes\)"),
+        (lambda m: json.dumps(m).encode()[:100], r"not JSON \(.* at byte \d+\) \(got 100 bytes\)"),
+        (lambda m: b"[1, 2]", r"not valid \(manifest is not an object\)"),
+        (lambda m: json.dumps({**m, "trials": "all of them"}).encode(), r"not valid \(manifest.trials should be list \(got str\)\)"),
+        (lambda m: json.dumps({**m, "files": [{"path": "report/x", "size": "12"}]}).encode(), r"manifest.files\[0\].sha256 is missing"),
+        (lambda m: json.dumps({k: v for k, v in m.items() if k != "best_trial"}).encode(), r"manifest.best_trial is missing"),
+        (lambda m: json.dumps({**m, "schema_version": 99}).encode(), r"schema_version 99 is not one this version reads"),
+    ],
+    ids=["garbage", "empty", "truncated", "a-list", "trials-a-string", "file-without-digest", "no-best-trial", "future-schema"],
+)
 def test_a_damaged_manifest_is_one_line(run: Run, capsys: pytest.CaptureFixture[str], damage: Any, what: str) -> None:
     run.put(f"{RUN}/report/{MANIFEST}", damage(_valid_manifest(run)))
     code, out, err = _results(capsys, run.sweep)

@@ -27,8 +27,7 @@ def main(spec_file: str, storage_uri: str) -> int:
     s3 = boto3.client("s3")
 
     try:
-        objects = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                   for o in page.get("Contents", [])}
+        objects = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])}
     except ClientError as err:  # e.g. NoSuchBucket: the job never wrote anything
         return fail([f"s3://{bucket}: cannot list ({err.response['Error']['Code']})"])
     print(f"bucket listing: s3://{bucket} ({len(objects)} objects)")

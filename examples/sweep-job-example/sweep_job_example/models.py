@@ -21,8 +21,16 @@ class LeNetSpec(KindSpec):
     def build(self) -> nn.Module:
         c = self.channels
         return nn.Sequential(
-            nn.Conv2d(3, c, 5), nn.ReLU(), nn.MaxPool2d(2),  # 32 -> 28 -> 14
-            nn.Conv2d(c, 2 * c, 5), nn.ReLU(), nn.MaxPool2d(2),  # 14 -> 10 -> 5
-            nn.Flatten(), nn.Linear(2 * c * 5 * 5, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 84), nn.ReLU(),
+            nn.Conv2d(3, c, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 32 -> 28 -> 14
+            nn.Conv2d(c, 2 * c, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 14 -> 10 -> 5
+            nn.Flatten(),
+            nn.Linear(2 * c * 5 * 5, self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, 84),
+            nn.ReLU(),
             nn.Linear(84, CLASSES),
         )
