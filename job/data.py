@@ -24,8 +24,8 @@ from job.registry import CLASSES, DATASET_PLUGINS, DATASETS_GROUP
 from job.spec import DataSpec, SpecError, UserError
 
 # torchvision is imported only where the CIFAR-10 cache is built: importing it pulls in its models and
-# ops, and with them torch._dynamo (1.5 s of a trial worker's 4 s start on 2 cores), which a sweep on
-# a cached or synthetic dataset never uses.
+# ops, and with them torch._dynamo (a large share of a trial worker's start), which a sweep on a cached
+# or synthetic dataset never uses.
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # torchvision's digest of the official archive

@@ -221,8 +221,8 @@ def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, co
         max_concurrent_trials=wanted.max_concurrent,
         # Tune's samples repeat the whole space, variants included; an optuna searcher makes every trial itself.
         num_samples=job_spec.trial_count() if wanted.algorithm == "optuna" else wanted.samples,
-        # A new worker per trial imports torch, Ray Tune and this job again: 3-20 s on 2 busy cores, against
-        # trials of seconds. A reused worker runs the next trial in a fresh thread, with its data kept
+        # A new worker per trial imports torch, Ray Tune and this job again, which takes longer than a short
+        # trial (README, Sweep overhead). A reused worker runs the next trial in a fresh thread, with its data kept
         # (`data.device_data`); each trial seeds the global RNG itself (`train.new_state`).
         reuse_actors=True,
     )

@@ -72,8 +72,8 @@ def new_state(trial: TrialSpec, device: torch.device) -> TrainState:
         # Dynamo's limit: start from an empty cache, as a fresh process does.
         torch.compiler.reset()
         # Inductor fuses the elementwise work around the matrix products into a few kernels, which the
-        # CUDA graph then captures: 0.216 -> 0.131 s per CIFAR-10 epoch on an H100, where autotuned
-        # matrix products help too (benchmarks/cuda_step_variants.py). Compiling happens on first use.
+        # CUDA graph then captures; on CUDA autotuned matrix products help too (measured by
+        # benchmarks/cuda_step_variants.py, numbers in the README). Compiling happens on first use.
         mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else None  # the CUDA graph is ours
         state.forward = torch.compile(forward_loss, fullgraph=True, mode=mode)
     return state
@@ -142,7 +142,7 @@ def adam_step(optimizer: torch.optim.Optimizer) -> None:
     """`optimizer.step()` then `zero_grad(set_to_none=True)` of fused Adam, minus the wrappers' Python.
 
     On the CPU at batch 32 those wrappers (grad-mode and profiler hooks, state checks, regrouping)
-    took ~0.17 ms of a ~1.15 ms step. This calls the kernel `Adam(fused=True)` calls and keeps the
+    are a visible share of a step (benchmarks/epoch_throughput.py). This calls the kernel `Adam(fused=True)` calls and keeps the
     state entries `Adam` keeps, so results and checkpoints are bit-identical (tests/test_train.py).
     The ops are private: with a torch release that lacks them, this is the public two calls.
     """
@@ -183,7 +183,7 @@ class _GraphedStep:
     """The whole training step captured once as a CUDA graph, then replayed per batch.
 
     At batch 32 a step is a few dozen tiny kernels, so launch overhead dominates on a GPU; a replay
-    launches them all at once (an H100 went from 1.6 s to 0.21 s per CIFAR-10 epoch). Fewer launches
+    launches them all at once (benchmarks/cuda_step_variants.py; numbers in the README). Fewer launches
     (the gather inside the graph, or a whole epoch as one graph) measured no faster: what is left is
     kernel time, which optim.compile cuts. Warm-up steps run on a copy of the state, which is then
     put back, so the graph changes no result: it trains the same steps as the eager loop.
