@@ -94,9 +94,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  variant {name}: {model.model_dump(exclude={'kind'})} ({model.kind})")
     for path, domain in job.search.space.items():
         print(f"  search {path}: {short_repr(domain.model_dump(), limit=200)}")
+    for name, own in job.search.variants.items():
+        for path, domain in own.items():
+            print(f"  search {path} for {name} only: {short_repr(domain.model_dump(), limit=200)}")
     print(f"  optim: {job.optim.model_dump()}")
     print(f"  metric: {job.search.metric} ({METRIC_MODES[job.search.metric]}), scheduler: {job.search.scheduler.kind}")
-    print(f"  trials: {job.trial_count()}  storage: {shown(job.storage.uri)}")
+    per_variant = f" ({', '.join(f'{v} {n}' for v, n in job.trials_per_variant().items())})" if job.search.variants else ""
+    print(f"  trials: {job.trial_count()}{per_variant}  storage: {shown(job.storage.uri)}")
     return EXIT_OK
 
 

@@ -27,6 +27,7 @@ from job.results import (
     SweepResult,
     TrialResult,
     TrialSummary,
+    trial_config,
 )
 from job.spec import JobSpec, UserError
 from job.storage import Store
@@ -45,7 +46,7 @@ def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tu
         scored = [(meta["metrics"][metric], path) for path, meta in folders if metric in meta.get("metrics", {})]
         best = (max if mode == "max" else min)(scored)[1] if scored else ""
         metrics = result.metrics or {}
-        config = result.config or getattr(tune_trial, "config", None) or {}
+        config = trial_config(result.config or getattr(tune_trial, "config", None) or {})
         # The budget's stop can beat the last epoch's `done`: a trial with all its epochs has finished.
         trained = bool(rows) and rows[-1][EPOCH] >= config.get("optim.epochs", job_spec.optim.epochs)
         status = TERMINATED if finished(result) or (ended_by and trained and result.error is None) else _unfinished(result, ended_by)

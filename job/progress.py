@@ -9,7 +9,7 @@ from typing import Any
 from ray import tune
 
 from job import report, storage
-from job.results import EPOCH, METRIC_MODES, NOTE, REPLAY, TERMINATED, SweepResult, best_of
+from job.results import EPOCH, METRIC_MODES, NOTE, REPLAY, TERMINATED, SweepResult, best_of, trial_config
 
 
 class Progress(tune.Callback):
@@ -49,7 +49,7 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
-        self._say(f"start  {trial.trial_id} {trial.config}")
+        self._say(f"start  {trial.trial_id} {trial_config(trial.config)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get(self.metric)

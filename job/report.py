@@ -189,12 +189,9 @@ def search_figures(result: SweepResult, spec: dict[str, Any]) -> dict[str, Figur
 
 
 def log_uniform_paths(spec: dict[str, Any]) -> set[str]:
-    """Dotted paths drawn log-uniformly: in `search.space`, or in a variant's own `search` (a space, or a
-    mapping with one under `space`)."""
-    spaces = [spec.get("search", {}).get("space", {})]
-    for variant in spec.get("variants", {}).values():
-        own = variant.get("search") if isinstance(variant, dict) else None
-        spaces += [own.get("space", own)] if isinstance(own, dict) else []
+    """Dotted paths drawn log-uniformly: in `search.space`, or in a variant's own (`search.variants`)."""
+    search = spec.get("search", {})
+    spaces = [search.get("space", {}), *search.get("variants", {}).values()]
     return {path for space in spaces for path, domain in space.items() if isinstance(domain, dict) and "loguniform" in domain}
 
 

@@ -20,6 +20,7 @@ SAMPLES_PER_S = "samples_per_s"
 EPOCH = "epoch"
 # Keys a trial's result carries besides its metrics, and the statuses a trial ends with.
 VARIANT = "variant"  # the config key that selects the variant; every other config key is a dotted spec path
+PER_VARIANT = "trial"  # with per-variant spaces Tune's config is {PER_VARIANT: {VARIANT: ..., path: value}}
 NODE = "node"  # the Ray node the trial ran on
 NOTE = "note"  # a line about where a resumed trial started, printed by the progress callback
 REPLAY = "replay"  # set on the one result a trial that had already finished reports again after a restart
@@ -52,6 +53,11 @@ class EpochMetrics:
     def from_dict(cls, row: dict[str, Any]) -> EpochMetrics:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in row.items() if k in names})
+
+
+def trial_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's Tune config as {VARIANT: name, dotted path: value}, whichever form the sweep used."""
+    return config.get(PER_VARIANT, config)
 
 
 def best_of(values: list[float], metric: str) -> float:

@@ -15,7 +15,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search import Searcher
 
-from job.results import EPOCH, VARIANT
+from job.results import EPOCH, PER_VARIANT, VARIANT
 from job.spec import Choice, Grid, JobSpec, LogUniform, SpecError, Uniform
 
 
@@ -24,12 +24,15 @@ def param_space(job_spec: JobSpec) -> dict[str, Any] | None:
     whose searcher holds the space itself."""
     if job_spec.search.algorithm == "optuna":
         return None
+    if job_spec.search.variants:  # one grid entry per variant, each with its own space (Tune resolves nested domains)
+        return {PER_VARIANT: tune.grid_search([{VARIANT: v, **_domains(job_spec, v)} for v in job_spec.variants])}
     return {VARIANT: tune.grid_search(list(job_spec.variants)), **_domains(job_spec)}
 
 
-def _domains(job_spec: JobSpec) -> dict[str, Any]:
+def _domains(job_spec: JobSpec, variant: str | None = None) -> dict[str, Any]:
+    """Tune's domains for the shared space, or for a variant's merged one."""
     space: dict[str, Any] = {}
-    for path, domain in job_spec.search.space.items():
+    for path, domain in (job_spec.search.space_for(variant) if variant else job_spec.search.space).items():
         if isinstance(domain, Grid):
             space[path] = tune.grid_search(domain.grid)
         elif isinstance(domain, Choice):
@@ -51,8 +54,12 @@ def searcher(job_spec: JobSpec) -> Searcher | None:
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial otherwise
-    space = OptunaSearch.convert_search_space(_domains(job_spec))
-    per_variant = {name: OptunaSearch(space=dict(space), metric=search.metric, mode=search.mode, seed=job_spec.seed) for name in job_spec.variants}
+    per_variant = {
+        name: OptunaSearch(
+            space=OptunaSearch.convert_search_space(_domains(job_spec, name)), metric=search.metric, mode=search.mode, seed=job_spec.seed
+        )
+        for name in job_spec.variants
+    }
     return EachVariant(per_variant, search.samples, search.metric, search.mode)
 
 

@@ -157,6 +157,9 @@ SCHEDULERS: dict[str, type[Strict]] = {"fifo": FifoSpec, "asha": AshaSpec, "pbt"
 
 class SearchSpec(Strict):
     space: dict[str, Domain] = Field(default_factory=dict, description="dotted path -> domain, crossed with every variant")
+    variants: dict[str, dict[str, Domain]] = Field(
+        default_factory=dict, description="variant name -> its own domains, merged over `space` for that variant (e.g. model.dropout)"
+    )
     samples: int = Field(1, ge=1, le=10_000, description="repeats of the whole space (random domains drawn anew)")
     scheduler: SchedulerSpec = Field(default_factory=FifoSpec)
     metric: Literal["test_acc", "test_loss", "train_acc", "train_loss"] = Field("test_acc", description="mode follows from it")
@@ -183,11 +186,11 @@ class SearchSpec(Strict):
         problems = []
         if self.algorithm == "optuna":
             problems += [
-                f"{dotted(['search', 'space', path])}: grid cannot be searched by search.algorithm optuna. Use {{choice: {domain.grid}}}"
-                for path, domain in self.space.items()
+                f"{dotted(where)}: grid cannot be searched by search.algorithm optuna. Use {{choice: {domain.grid}}}"
+                for where, _, domain in self.domains()
                 if isinstance(domain, Grid)
             ]
-            if not self.space:
+            if not self.space and not any(self.variants.values()):
                 problems.append("search.space: search.algorithm optuna needs at least one domain to search. Add one, or use search.algorithm random")
         if self.scheduler.kind == "pbt":
             if self.algorithm != "random":
@@ -195,13 +198,15 @@ class SearchSpec(Strict):
                     f"search.scheduler.kind: pbt makes its own configs as it goes (got search.algorithm "
                     f"{self.algorithm}). Use search.algorithm random"
                 )
+            if self.variants:
+                problems.append("search.variants: pbt perturbs one space shared by every variant. Move the domains into search.space")
             if not self.perturbed():
                 problems.append(
                     "search.space: search.scheduler pbt perturbs optim fields with uniform or loguniform "
                     "domains (got none). Add one, e.g. optim.lr: {loguniform: [1.0e-4, 1.0e-2]}"
                 )
-        for path, domain in self.space.items():
-            where = dotted(["search", "space", path])
+        for at, path, domain in self.domains():
+            where = dotted(at)
             if path not in SEARCHABLE:
                 problems.append(_not_a_field(where, path, SEARCHABLE))
             bounds = getattr(domain, "loguniform", None) or getattr(domain, "uniform", None)
@@ -216,6 +221,15 @@ class SearchSpec(Strict):
     @property
     def mode(self) -> Literal["min", "max"]:
         return METRIC_MODES[self.metric]
+
+    def space_for(self, variant: str) -> dict[str, Domain]:
+        """The variant's search space: the shared one with the variant's own domains over it."""
+        return {**self.space, **self.variants.get(variant, {})}
+
+    def domains(self) -> list[tuple[list[str], str, Domain]]:
+        """Every domain the spec names, with where it is written: (location, dotted path, domain)."""
+        shared = [(["search", "space", path], path, d) for path, d in self.space.items()]
+        return shared + [(["search", "variants", v, path], path, d) for v, own in self.variants.items() for path, d in own.items()]
 
     def perturbed(self) -> dict[str, Uniform | LogUniform]:
         """What PBT may change in a running trial: continuous optim fields (the optimizer takes them as it is;
@@ -326,8 +340,21 @@ class JobSpec(Strict):
             if without:
                 raise ValueError(
                     f"{dotted(['search', 'space', path])}: variant '{without[0]}' ({self.variants[without[0]].kind}) has no such field "
-                    f"(got {path}). Search model fields only when every variant has them"
+                    f"(got {path}). Search model fields only when every variant has them, or under search.variants.{without[0]}"
                 )
+        empty = [v for v in self.variants if not self.search.space_for(v)]
+        if self.search.algorithm == "optuna" and empty:
+            raise ValueError(f"{dotted(['search', 'variants', empty[0]])}: search.algorithm optuna needs a domain for every variant. Add one")
+        for name, own in self.search.variants.items():
+            if name not in self.variants:
+                raise ValueError(f"{dotted(['search', 'variants', name])}: not a variant of the spec. Use one of {list(self.variants)}")
+            model = self.variants[name]
+            for path in own:
+                if path.startswith("model.") and path.removeprefix("model.") not in type(model).model_fields:
+                    raise ValueError(
+                        f"{dotted(['search', 'variants', name, path])}: variant '{name}' ({model.kind}) has no such field (got {path}). "
+                        f"Known fields: {', '.join(f'model.{k}' for k in type(model).model_fields if k != 'kind')}"
+                    )
         if self.trial_count() > MAX_TRIALS:
             raise ValueError(
                 f"search: the spec defines {self.trial_count():,} trials (got variants x grids x samples). "
@@ -340,18 +367,23 @@ class JobSpec(Strict):
         """Every grid and choice value and both range bounds must suit the field they set, for every
         variant: checked here, or each trial fails at run time when its spec is validated."""
         problems: list[str] = []
-        for path, domain in self.search.space.items():
+        for at, path, domain in self.search.domains():
             section, key = path.split(".", 1)
-            models = {OptimSpec} if section == "optim" else {type(m) for m in self.variants.values()}
+            owners = [self.variants[at[2]]] if at[1] == "variants" and at[2] in self.variants else self.variants.values()
+            models = {OptimSpec} if section == "optim" else {type(m) for m in owners}
             for model in sorted(models, key=lambda m: m.__name__):
-                problems += _bad_values(dotted(["search", "space", path]), domain, model, key)[:3]  # a few say enough
+                problems += _bad_values(dotted(at), domain, model, key)[:3]  # a few say enough
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
 
     def trial_count(self) -> int:
-        grids = [len(d.grid) for d in self.search.space.values() if isinstance(d, Grid)]
-        return len(self.variants) * math.prod(grids) * self.search.samples
+        return sum(self.trials_per_variant().values())
+
+    def trials_per_variant(self) -> dict[str, int]:
+        """Per variant, its space's grid points (one for none) times `samples`."""
+        grids = {v: [len(d.grid) for d in self.search.space_for(v).values() if isinstance(d, Grid)] for v in self.variants}
+        return {v: math.prod(sizes) * self.search.samples for v, sizes in grids.items()}
 
 
 class TrialSpec(Strict):
@@ -442,7 +474,7 @@ def _tag_index(loc: tuple[Any, ...]) -> int | None:
     """Where pydantic puts a tagged union's tag into an error location: after a variant's name, after a
     trial's `model`, after `search.scheduler`, after a search path (a domain). Only there, so a user's
     variant named like a kind (`variants.mlp.hiden`) keeps its name."""
-    for prefix, index in (("variants",), 2), (("model",), 1), (("search", "scheduler"), 2), (("search", "space"), 3):
+    for prefix, index in (("variants",), 2), (("model",), 1), (("search", "scheduler"), 2), (("search", "space"), 3), (("search", "variants"), 4):
         if loc[: len(prefix)] == prefix and len(loc) > index:
             return index
     return None

@@ -21,7 +21,7 @@ import ray
 from ray import tune
 
 from job import data, lease, outcome, progress, search, storage, tracking, train
-from job.results import NODE, NOTE, REPLAY, STOPPED, TERMINATED, VARIANT, SweepResult
+from job.results import NODE, NOTE, REPLAY, STOPPED, TERMINATED, VARIANT, SweepResult, trial_config
 from job.spec import JobSpec, SpecError, UserError, resolve_trial
 from job.storage import Store
 
@@ -231,6 +231,7 @@ def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, co
 
 def run_trial(config: dict[str, Any], job_spec: JobSpec, gpus: float, tune_path: str, filesystem: Any) -> None:
     """Tune's trainable: rebuild a validated trial spec, resume from the newest good checkpoint, report each epoch."""
+    config = trial_config(config)
     trial = resolve_trial(job_spec, config[VARIANT], {k: v for k, v in config.items() if k != VARIANT})
     device = train.choose_device(threads=max(1, int(job_spec.resources.cpus)), use_cuda=gpus > 0)
     node = ray.get_runtime_context().get_node_id()

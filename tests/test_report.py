@@ -245,11 +245,11 @@ def test_search_figures_per_field_and_variant() -> None:
 
 def test_log_axis_from_a_variants_own_space() -> None:
     spec = {
-        "search": {"space": {}},
-        "variants": {
-            "d": {"kind": "mlp", "search": {"model.dropout": {"loguniform": [0.01, 0.5]}}},
-            "e": {"kind": "mlp", "search": {"space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}}},
+        "search": {
+            "space": {"optim.weight_decay": {"uniform": [0.0, 0.1]}},
+            "variants": {"d": {"model.dropout": {"loguniform": [0.01, 0.5]}}, "e": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}},
         },
+        "variants": {"d": {"kind": "mlp"}, "e": {"kind": "mlp"}},
     }
     assert report.log_uniform_paths(spec) == {"model.dropout", "optim.lr"}
 

@@ -152,3 +152,57 @@ def test_pbt_exploits_with_the_new_values_applied_and_records_each_schedule(swee
     assert checked >= 6
     board = sweep.bucket.read(f"smoke/{run_id}/report/leaderboard.csv").decode()
     assert "schedule" in board.splitlines()[0]
+
+
+PER_VARIANT = "search.variants={dropout: {model.dropout: {grid: [0.2, 0.6]}}}"
+
+
+def test_validate_shows_each_variants_own_space_and_the_exact_trial_count() -> None:
+    done = validate(PER_VARIANT)
+    assert done.returncode == 0, done.stderr
+    assert "  search model.dropout for dropout only: {'grid': [0.2, 0.6]}" in done.stdout
+    assert "  trials: 8 (basic 2, dropout 4, batchnorm 2)" in done.stdout, done.stdout  # the shared lr grid of 2, x2 for dropout
+
+
+@pytest.mark.parametrize(
+    "sets, wanted",
+    [
+        (["search.variants={wide: {model.dropout: {grid: [0.1]}}}"], "error: search.variants.wide: not a variant of the spec. Use one of"),
+        (["search.variants={dropout: {model.dropout: {grid: [2.0]}}}"], "error: search.variants.dropout.model.dropout.grid[0]: input should be less"),
+        (
+            ["variants={lin: {kind: linear}, mlp: {kind: mlp}}", "search.variants={lin: {model.hidden: {grid: [8]}}}"],
+            "error: search.variants.lin.model.hidden: variant 'lin' (linear) has no such field (got model.hidden)",
+        ),
+        ([PER_VARIANT, "search.scheduler={kind: pbt}", "search.space={optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}"], "error: search.variants: pbt"),
+    ],
+)
+def test_per_variant_spaces_that_cannot_run_are_one_line(sets: list[str], wanted: str) -> None:
+    done = validate(*sets)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(wanted), line
+
+
+def test_optuna_searches_a_variants_own_fields_for_that_variant_only() -> None:
+    spec = load_spec(SMOKE, [*OPTUNA, "search.samples=2", "search.variants={dropout: {model.dropout: {uniform: [0.1, 0.6]}}}"])
+    found = search.searcher(spec)
+    configs = [found.suggest(f"t{i}") for i in range(6)]
+    assert all(("model.dropout" in c) == (c[search.VARIANT] == "dropout") for c in configs), configs
+    assert all(0.1 <= c["model.dropout"] <= 0.6 for c in configs if "model.dropout" in c)
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_variants_own_space_trains_what_it_says(tmp_path) -> None:
+    from test_sweep import run_sweep, sweep_env
+
+    done = run_sweep(["run", SMOKE, "--set", f"storage.uri={tmp_path / 'out'}", "--set", PER_VARIANT], sweep_env(None, tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (manifest_path,) = (tmp_path / "out" / "smoke").glob("*/report/manifest.json")
+    trials = json.loads(manifest_path.read_text())["trials"]
+    assert Counter(t["variant"] for t in trials) == {"basic": 2, "dropout": 4, "batchnorm": 2}
+    assert sorted(t["params"].get("model.dropout") for t in trials if t["variant"] == "dropout") == [0.2, 0.2, 0.6, 0.6]
+    assert all("model.dropout" not in t["params"] for t in trials if t["variant"] != "dropout")
+    for trial in trials:  # what each trial trained: its checkpoint's own spec
+        meta = json.loads((tmp_path / "out" / "smoke" / trial["checkpoint"].split("/smoke/", 1)[1] / "trial.json").read_text())
+        wanted = trial["params"].get("model.dropout", 0.5 if trial["variant"] == "dropout" else 0.0)
+        assert meta["trial"]["model"]["dropout"] == wanted and meta["trial"]["variant"] == trial["variant"], meta["trial"]
