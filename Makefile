@@ -7,7 +7,7 @@ MIRROR := $(SHARED)/data/cifar-10-python.tar.gz
 DATA_FLAGS := $(if $(wildcard $(MIRROR)),--set data.source=$(abspath $(MIRROR)) --set data.sha256=$(firstword $(shell cat $(MIRROR).sha256 2>/dev/null)))
 SPEC   ?= specs/cifar10.yaml
 
-.PHONY: install test lint test-fast run smoke bench test-docker clean
+.PHONY: install test test-faults lint test-fast run smoke bench test-docker clean
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Everything but the fault-injection suite (about 10 more minutes): `make test-faults`.
 test: install lint
-	$(PY) -m pytest -q --durations=10 tests
+	$(PY) -m pytest -q --durations=10 -m "not faults" tests
+
+test-faults: install
+	$(PY) -m pytest -q --durations=10 -m faults tests
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -27,7 +27,7 @@ import pytest
 from faults import Driver, TcpProxy, epoch_of, event, trial_workers
 from test_sweep import REPO, SMOKE, Bucket, sweep_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]  # make test-faults; about 10 minutes here
 
 START_S = 240  # from launch to the first line: imports, then the storage checks, on 2 busy cores
 RUN_S = 540  # a whole driver attempt at most
