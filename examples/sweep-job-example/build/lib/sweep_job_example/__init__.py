@@ -1,1 +1,0 @@
-"""An example sweep-job plugin: `kind: lenet` (models.py) and `dataset: stripes` (data.py)."""
