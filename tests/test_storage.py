@@ -41,7 +41,7 @@ REPORT_FILES = {
 
 
 def _manifest(best_trial: str | None = "a_00000", run_id: str = RUN, **changes: Any) -> Manifest:
-    """What sweep._manifest hands to commit_run: no files yet."""
+    """What outcome._manifest hands to commit_run: no files yet."""
     trial = TrialSummary("a_00000", "basic", {"optim.lr": 0.001}, "TERMINATED", "node-1", 3, {"test_acc": 41.5, "test_loss": 1.7}, "")
     made = Manifest(
         name=NAME,
