@@ -47,9 +47,8 @@ def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tu
         best = (max if mode == "max" else min)(scored)[1] if scored else ""
         metrics = result.metrics or {}
         config = trial_config(result.config or getattr(tune_trial, "config", None) or {})
-        # The budget's stop can beat the last epoch's `done`: a trial with all its epochs has finished.
         trained = bool(rows) and rows[-1][EPOCH] >= config.get("optim.epochs", job_spec.optim.epochs)
-        status = TERMINATED if finished(result) or (ended_by and trained and result.error is None) else _unfinished(result, ended_by)
+        status = _status(result, ended_by, trained)
         trials.append(
             TrialResult(
                 trial_id=metrics.get("trial_id", getattr(tune_trial, "trial_id", Path(result.path).name)),
@@ -68,8 +67,14 @@ def collect(job_spec: JobSpec, run_id: str, grid: Any, checkpoints: list[list[tu
     return SweepResult(job_spec.name, run_id, job_spec.search.metric, trials, ended_by)
 
 
-def _unfinished(result: Any, ended_by: str) -> str:
-    return STOPPED if ended_by and result.error is None else ERROR
+def _status(result: Any, ended_by: str, trained: bool) -> str:
+    """TERMINATED when Tune marked the trial done, or when the budget's stop beat its last epoch's `done`
+    (`trained`: it has all its epochs); STOPPED when the budget ended it; else ERROR."""
+    if finished(result):
+        return TERMINATED
+    if ended_by and result.error is None:
+        return TERMINATED if trained else STOPPED
+    return ERROR
 
 
 def finished(result: Any) -> bool:

@@ -7,6 +7,7 @@ built-in two and the `sweep_job.datasets` entry points), loaded by job.data. Mus
 from __future__ import annotations
 
 import sys
+from abc import abstractmethod
 from importlib import metadata
 from typing import Any, Literal
 
@@ -37,8 +38,9 @@ class KindSpec(Strict):
 
     kind: str
 
+    @abstractmethod
     def build(self) -> Any:
-        raise NotImplementedError(f"{type(self).__name__}.build: a model kind returns its network here")
+        """The kind's network; a class without its own `build` is abstract and no kind."""
 
 
 class MLPSpec(KindSpec):
@@ -104,7 +106,7 @@ def collect_kinds(built_in: tuple[type[KindSpec], ...], group: str = MODELS_GROU
         except Exception as err:  # a plugin's import can fail in any way; the user needs its name, not our traceback
             problems.append(f"{where}: cannot be imported ({type(err).__name__}: {err}). Fix or uninstall the plugin; its kind is left out.")
             continue
-        if not (isinstance(spec, type) and issubclass(spec, KindSpec)) or spec.build is KindSpec.build:
+        if not (isinstance(spec, type) and issubclass(spec, KindSpec)) or spec.__abstractmethods__:
             problems.append(f"{where}: not a model kind (got {spec!r}). Point it at a job.registry.KindSpec subclass with a build().")
         elif kind_tag(spec) != point.name:
             problems.append(f"{where}: its name must be the spec's kind (got kind '{kind_tag(spec)}'). Rename one.")

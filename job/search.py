@@ -122,7 +122,8 @@ def scheduler(job_spec: JobSpec) -> Any:
     if chosen.kind == "pbt":
         # Tune's PBT copies the donor's checkpoint and config into the trial and restarts it: `run_trial`
         # loads that checkpoint and gives the optimizer the new values.
-        mutations = {path: _domains(job_spec)[path] for path in job_spec.search.perturbed()}
+        domains = _domains(job_spec)
+        mutations = {path: domains[path] for path in job_spec.search.perturbed()}
         return LastEpochKept(
             job_spec.optim.epochs,
             time_attr=EPOCH,

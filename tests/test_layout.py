@@ -14,6 +14,7 @@ JOB = Path(__file__).resolve().parents[1] / "job"
 LEVELS = {
     "specfile": 0,
     "registry": 0,
+    "specerrors": 0,
     "spec": 0,
     "results": 0,
     "data": 1,
@@ -40,6 +41,9 @@ EXCEPTIONS = {
     ("spec", "specfile"),
     ("spec", "registry"),
     ("registry", "specfile"),
+    ("spec", "specerrors"),  # a fourth layer: specerrors (pydantic's errors as lines) <- spec
+    ("specerrors", "registry"),
+    ("specerrors", "specfile"),
     ("registry", "models"),  # a built-in kind's build() calls its builder; imported inside build(), so reading a spec loads no torch
     ("report_html", "results"),  # the page's markup is built from the plain records; report.py draws the PNGs
 }
@@ -52,6 +56,7 @@ CONFINED = {
     "matplotlib": {"report"},
 }
 NO_TORCH = {
+    "specerrors",
     "specfile",
     "registry",
     "spec",
