@@ -100,8 +100,9 @@ def test_a_killed_optuna_sweep_resumes_with_what_it_had_learned(sweep_factory) -
 
 @pytest.mark.slow
 def test_a_time_budget_ends_the_run_with_a_complete_honest_report(sweep_factory) -> None:
-    """18 trials one at a time, each stopped after 2 s of training; the sweep gets 20 s."""
-    sets = [*SLOW, "search.samples=3", "search.max_concurrent=1", "search.trial_timeout_s=2", "search.time_budget_s=20"]
+    """18 trials one at a time, each stopped after 2 s of training; the sweep gets 30 s.
+    Whether a trial is in flight when the budget runs out is timing: one may be STOPPED, or none."""
+    sets = [*SLOW, "search.samples=3", "search.max_concurrent=1", "search.trial_timeout_s=2", "search.time_budget_s=30"]
     sweep = sweep_factory(sets, epochs=6, trials=18)
     driver = sweep.start()
     _, run_id = sweep.run_id_of(driver)
@@ -109,9 +110,10 @@ def test_a_time_budget_ends_the_run_with_a_complete_honest_report(sweep_factory)
     manifest = json.loads(sweep.bucket.read(sweep.manifest_key(run_id)))
     statuses = Counter(t["status"] for t in manifest["trials"])
     # Trials Tune had not made yet (one at a time: it makes them as they start) are counted, not listed.
-    ended = f"search.time_budget_s (20 s) ran out: {statuses['TERMINATED']} of 18 trials finished"
+    ended = f"search.time_budget_s (30 s) ran out: {statuses['TERMINATED']} of 18 trials finished"
     assert manifest["ended_by"] == ended and f"ended early: {ended}" in driver.output, driver.tail()
-    assert set(statuses) == {"TERMINATED", "STOPPED"} and 0 < statuses["TERMINATED"] < 18, statuses
+    assert set(statuses) <= {"TERMINATED", "STOPPED"} and 0 < statuses["TERMINATED"] < 18, statuses
+    assert all(t["epochs"] < 6 for t in manifest["trials"] if t["status"] == "STOPPED"), manifest["trials"]
     finished = [t for t in manifest["trials"] if t["status"] == "TERMINATED"]
     assert all(1 <= t["epochs"] < 6 for t in finished), finished  # the trial timeout, not the last epoch, ended them
     assert manifest["best_trial"] in {t["trial_id"] for t in finished}
