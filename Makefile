@@ -7,7 +7,7 @@ MIRROR := $(SHARED)/data/cifar-10-python.tar.gz
 DATA_FLAGS := $(if $(wildcard $(MIRROR)),--set data.source=$(abspath $(MIRROR)) --set data.sha256=$(firstword $(shell cat $(MIRROR).sha256 2>/dev/null)))
 SPEC   ?= specs/cifar10.yaml
 
-.PHONY: install test test-faults lint test-fast run smoke bench test-docker clean
+.PHONY: install test test-faults lint test-fast run smoke bench gpu-wheels test-docker clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ smoke: install
 
 bench: install
 	$(PY) benchmarks/epoch_throughput.py
+
+# The wheels a lent GPU machine (cp312, no network) lacks for `sweep run`, in .whl/ (README: GPU check).
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
 
 test-docker:
 	bash scripts/docker_e2e.sh
