@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from job.results import METRIC_MODES, Regression, find_regression
 from job.spec import JobSpec, SpecError, TrialSpec, UserError, json_schema, load_spec, resolve_trial
@@ -142,6 +142,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # SIGINT, like SIGTERM, goes to the sweep's own handler, which stops Tune through SIGUSR1.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # A local Ray prestarts a worker per CPU, but Tune's trainables ask for their own runtime_env, so none
+    # of those would ever run a trial: they only take CPU while the first trials start. (A Ray we join
+    # keeps its own settings.)
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     # Else Ray copies the keys into every trial's logged runtime_env. Before the Store: a filesystem built
     # while the keys were in the environment loses them when they leave it.
     keys = storage.move_env_keys_to_file(os.environ)
@@ -158,13 +162,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             "Fix the cause and rerun the same command: the trials resume from their last checkpoints",
             file=sys.stderr,
         )
-    return EXIT_FAILED if failed else EXIT_OK
+    _exit_now(EXIT_FAILED if failed else EXIT_OK, keys)
 
 
-def _exit_now(code: int, keys: Path | None) -> None:
-    """Exit at once after a clean stop: Tune has saved the run and the lease is released. Ray's exit
-    handlers stop the local Ray one process at a time with grace periods (5 s idle, 20 s on a busy
-    machine), past docker's 10 s; its processes follow the driver out on their own."""
+def _exit_now(code: int, keys: Path | None) -> NoReturn:
+    """Exit at once, skipping Python's teardown. After a clean stop: Tune has saved the run and the lease
+    is released; Ray's exit handlers would stop the local Ray one process at a time with grace periods
+    (5 s idle, 20 s on a busy machine), past docker's 10 s, and its processes follow the driver out on
+    their own. After a finished sweep: the run is committed and Ray stopped; unloading torch and Ray's
+    modules would only add seconds."""
     if keys is not None:
         shutil.rmtree(keys.parent, ignore_errors=True)  # atexit would have; os._exit skips it
     sys.stdout.flush()

@@ -37,8 +37,9 @@ class RunLease:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_until_stopped, name="run-lease", daemon=True)
 
-    def acquire(self) -> None:
-        """Take the lease (waiting out a holder that may be dead), or raise a one-line `SpecError`."""
+    def acquire(self, new_run: bool = False) -> None:
+        """Take the lease (waiting out a holder that may be dead), or raise a one-line `SpecError`. A run id
+        this driver just made (`new_run`) has no other writer to tell apart: no read-back wait."""
         held = self._read()
         while held and self._alive(held):
             seen = held.get("renewed_at")
@@ -53,7 +54,8 @@ class RunLease:
                 )
         self.attempts = [*(held or {}).get("attempts", []), {"started_at": _iso(self.started), "wall_s": 0.0}]
         self._write()
-        time.sleep(1.0)  # a driver that wrote at the same moment shows up now
+        if not new_run:
+            time.sleep(1.0)  # a driver that wrote at the same moment shows up now
         if (self._read() or {}).get("owner") != self.owner:
             raise SpecError(
                 [

@@ -29,6 +29,7 @@ FIGURE_SIZE_PX = (int(FIGURE_SIZE_IN[0] * DPI), int(FIGURE_SIZE_IN[1] * DPI))  #
 SEARCH_SIZE_IN = (6.0, 4.0)  # smaller: several sit side by side in the page's grid
 MARKED_VALUES = 8  # a searched field with at most this many values gets a tick at each
 ACC_COLOR, LOSS_COLOR, GRID_COLOR = "darkred", "darkblue", "lavender"  # the seed notebook's plot
+CURVE_MARGINS = {"left": 0.085, "right": 0.91, "bottom": 0.1, "top": 0.9}  # room for both y labels and a two-line title
 MARKERS_UP_TO = 10  # epochs; longer curves are plain lines like the seed's
 TREND_LABELS = 12  # run ids written under the trend plot, at most; more would overlap
 METRICS_COLUMNS = ["trial_id", "variant", "params", EPOCH, TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC, EPOCH_S, SAMPLES_PER_S, "device"]
@@ -134,15 +135,16 @@ def render_trend(points: list[tuple[str, float]], metric: str, out_png: Path, re
     return _save(fig, out_png)
 
 
-def _figure() -> tuple[Figure, Any]:
-    fig = Figure(figsize=FIGURE_SIZE_IN, dpi=DPI, layout="constrained")
+def _figure(layout: str | None = "constrained") -> tuple[Figure, Any]:
+    fig = Figure(figsize=FIGURE_SIZE_IN, dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
 
 def _curve_figure(trial: TrialResult) -> Figure:
     """The seed's twin-axis plot: test accuracy on the left (dark red), test loss on the right (dark blue)."""
-    fig, acc_ax = _figure()
+    fig, acc_ax = _figure(layout=None)  # fixed margins: a layout engine took most of each curve's render time
+    fig.subplots_adjust(**CURVE_MARGINS)
     epochs = [m.epoch for m in trial.epochs]
     marker = "o" if len(epochs) <= MARKERS_UP_TO else None
     (acc,) = acc_ax.plot(epochs, [m.test_acc for m in trial.epochs], color=ACC_COLOR, marker=marker, label="test accuracy")

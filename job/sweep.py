@@ -1,6 +1,6 @@
-"""Runs a sweep with Ray Tune: the Tuner built from the spec, the trainable adapter, resources, GPU
-fallback, resume, clean stops and budgets. `search` says what to try, `outcome` turns what `fit` left
-into a committed run, `progress` prints it.
+"""Runs a sweep with Ray Tune: the Tuner built from the spec, resources, GPU fallback, resume, clean
+stops and budgets. `search` says what to try, `trial` is the trainable each worker runs, `outcome` turns
+what `fit` left into a committed run, `progress` prints it.
 
 Must not parse YAML or read the environment: it receives a validated `JobSpec` and a `Store`.
 """
@@ -11,18 +11,16 @@ import logging
 import os
 import secrets
 import signal
-import tempfile
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
-from job import data, lease, outcome, progress, search, storage, tracking, train
-from job.results import NODE, NOTE, REPLAY, STOPPED, TERMINATED, VARIANT, SweepResult, trial_config
-from job.spec import JobSpec, SpecError, UserError, resolve_trial
+from job import data, lease, outcome, progress, search, storage, tracking, train, trial
+from job.results import STOPPED, TERMINATED, SweepResult
+from job.spec import JobSpec, SpecError, UserError
 from job.storage import Store
 
 
@@ -39,14 +37,15 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
     store.check()
     data.prepare(job_spec.data)  # a missing or corrupt dataset is one error here, not one per trial
     search.check(job_spec)
-    _init_ray()
+    started_ray = _init_ray()
     gpus = _gpus_per_trial(job_spec, joins_cluster)
     _check_resources(job_spec, gpus, joins_cluster)
     run_id = None if fresh else _resumable_run(job_spec, store)
     resuming = run_id is not None
     run_id = run_id or new_run_id()
     writer = lease.RunLease(store, job_spec.name, run_id)
-    writer.acquire()
+    stopping: threading.Thread | None = None
+    writer.acquire(new_run=not resuming)
     try:
         storage_path, filesystem = store.tune_location(job_spec.name, run_id)
         print(f"{'resuming' if resuming else 'starting'} run {run_id} -> {store.url(f'{job_spec.name}/{run_id}')}", flush=True)
@@ -54,6 +53,9 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
         spent = sum(a["wall_s"] for a in writer.attempts[:-1])  # earlier attempts of this run
         grid, ended_by = _fit(job_spec, gpus, f"{storage_path}/tune", filesystem, run_id, None if budget is None else budget - spent)
         checkpoints = [storage.checkpoint_folders(r.filesystem, r.path, train.TRIAL_JSON) for r in grid]  # read once
+        if started_ray:  # Ray's shutdown mostly waits for its processes to exit: meanwhile the report is written
+            stopping = threading.Thread(target=ray.shutdown, kwargs={"wait_for_processes": True}, name="ray-shutdown")
+            stopping.start()
         result = outcome.collect(job_spec, run_id, grid, checkpoints, ended_by)
         lost = outcome.lost(grid, stopped_ok=bool(ended_by))
         if lost:  # storage went away for longer than the retries: no partial report; said below, the run is saved
@@ -70,6 +72,8 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
         raise SpecError([f"{cause.rstrip('.')}. Run {run_id} is saved up to its last checkpoints; rerun the same command to resume"]) from None
     finally:
         writer.release()
+        if stopping is not None:
+            stopping.join()
 
 
 def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str, budget_s: float | None) -> tuple[Any, str]:
@@ -78,7 +82,7 @@ def _fit(job_spec: JobSpec, gpus: float, path: str, filesystem: Any, run_id: str
     (Not Tune's `time_budget_s`: a restored Tuner would start that over with the budget whole.)"""
     tracking.prepare(job_spec)  # here: a restored Tuner brings its pickled tracking callbacks, past _new_tuner
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, job_spec=job_spec, gpus=gpus, tune_path=path, filesystem=filesystem),
+        tune.with_parameters(trial.run_trial, job_spec=job_spec, gpus=gpus, tune_path=path, filesystem=filesystem),
         {"cpu": job_spec.resources.cpus, "gpu": gpus},
     )
     if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
@@ -158,12 +162,16 @@ def _resumable_run(job_spec: JobSpec, store: Store) -> str | None:
     return None
 
 
-def _init_ray() -> None:
-    if not ray.is_initialized():
-        # Joins the cluster when there is one (RAY_ADDRESS, or inside a Ray job), else starts a local one.
-        ray.init(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+def _init_ray() -> bool:
+    """Connect to Ray; True when this call did (the sweep then stops it), False when the caller had."""
+    started = not ray.is_initialized()
+    if started:
+        # Joins the cluster when there is one (RAY_ADDRESS, or inside a Ray job), else starts a local one,
+        # without the dashboard (its processes cost a few CPU seconds per start; a cluster's stays as it is).
+        ray.init(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True, include_dashboard=False)
     # Tune logs each failed trial's traceback; Progress prints one FAILED line naming its error.txt instead.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    return started
 
 
 def _gpus_per_trial(job_spec: JobSpec, joins_cluster: bool) -> float:
@@ -227,56 +235,3 @@ def _new_tuner(job_spec: JobSpec, trainable: Any, path: str, filesystem: Any, co
         reuse_actors=True,
     )
     return tune.Tuner(trainable, param_space=search.param_space(job_spec), tune_config=tune_config, run_config=run_config)
-
-
-def run_trial(config: dict[str, Any], job_spec: JobSpec, gpus: float, tune_path: str, filesystem: Any) -> None:
-    """Tune's trainable: rebuild a validated trial spec, resume from the newest good checkpoint, report each epoch."""
-    config = trial_config(config)
-    trial = resolve_trial(job_spec, config[VARIANT], {k: v for k, v in config.items() if k != VARIANT})
-    device = train.choose_device(threads=max(1, int(job_spec.resources.cpus)), use_cuda=gpus > 0)
-    node = ray.get_runtime_context().get_node_id()
-    own = f"{tune_path}/{Path(tune.get_context().get_trial_dir()).name}"
-    given = tune.get_checkpoint()
-    if given is not None and not given.path.startswith(f"{own}/"):  # PBT's exploit: a donor's checkpoint
-        with given.as_directory() as folder:
-            state, _, _ = train.load_checkpoint(Path(folder), device)
-        note = f"continues from {Path(given.path).parent.name} at epoch {state.epoch} with {_changed(config)}"
-    else:
-        # The trial's own folder, not tune.get_checkpoint(): Tune's state may predate the trial's newest
-        # checkpoints (it saves every >= 10 s), or even its first one, as after a kill early in a run.
-        state, note = _resume(own, filesystem, device)
-    if state is not None and state.epoch >= trial.optim.epochs:  # it had finished before the restart
-        tune.report({**state.history[-1].to_dict(), NODE: node, NOTE: note, REPLAY: True})
-        return
-    if state is not None:  # the optimizer's saved values are the old trial's after a PBT exploit: this trial's
-        for group in state.optimizer.param_groups:
-            group["lr"], group["weight_decay"] = trial.optim.lr, trial.optim.weight_decay
-    for metrics, state in train.train_trial(trial, device, state):
-        result = {**metrics.to_dict(), NODE: node, NOTE: note}
-        if not search.checkpoint_due(job_spec, metrics.epoch) and metrics.epoch < trial.optim.epochs:
-            tune.report(result)  # a retry retrains this epoch from the checkpoint before it, bit-identically
-        else:
-            with tempfile.TemporaryDirectory() as folder:
-                train.save_checkpoint(Path(folder), state, trial, metrics)
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
-        note = ""
-
-
-def _changed(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
-
-
-def _resume(trial_path: str, filesystem: Any, device: Any) -> tuple[train.TrainState | None, str]:
-    """The newest readable checkpoint in the trial's folder, which may be newer than the one Tune's saved
-    state names; damaged ones are skipped, and the note says so. A new trial finds none and says nothing."""
-    skipped = []
-    for path, meta in storage.checkpoint_folders(filesystem, trial_path, train.TRIAL_JSON):
-        try:
-            with tune.Checkpoint(path, filesystem).as_directory() as folder:
-                state, _, _ = train.load_checkpoint(Path(folder), device)
-        except (UserError, FileNotFoundError):  # damaged or cut short; storage failing raises (the trial retries)
-            skipped.append(path.rsplit("/", 1)[-1])
-            continue
-        unreadable = f" ({', '.join(skipped)} unreadable)" if skipped else ""
-        return state, f"resumed at epoch {state.epoch} from checkpoint {path.rsplit('/', 1)[-1]}{unreadable}"
-    return None, f"no readable checkpoint ({', '.join(skipped)} unreadable): starting over" if skipped else ""

@@ -29,6 +29,7 @@ LEVELS = {
     "progress": 3,
     "tracking": 3,
     "submit": 3,
+    "trial": 3,
     "sweep": 4,
     "cli": 5,
 }
@@ -45,11 +46,12 @@ EXCEPTIONS = {
     ("specerrors", "registry"),
     ("specerrors", "specfile"),
     ("registry", "models"),  # a built-in kind's build() calls its builder; imported inside build(), so reading a spec loads no torch
+    ("trial", "search"),  # the trainable asks search.checkpoint_due when the spec wants a checkpoint; both serve sweep
     ("report_html", "results"),  # the page's markup is built from the plain records; report.py draws the PNGs
 }
 # third-party roots -> the only modules that may import them
 CONFINED = {
-    "ray": {"sweep", "search", "outcome", "progress", "tracking", "submit"},
+    "ray": {"sweep", "search", "outcome", "progress", "tracking", "submit", "trial"},
     "boto3": {"storage"},
     "botocore": {"storage"},
     "pyarrow": {"storage"},
@@ -144,6 +146,16 @@ def test_reading_a_spec_imports_no_torch() -> None:
     code = "import sys, job.spec; job.spec.load_spec('specs/cifar10-cnn.yaml'); print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=JOB.parent, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_trial_worker_loads_no_driver_code() -> None:
+    """Tune's workers import `job.trial` for the trainable: plots, reports and the driver's progress code
+    would only lengthen every worker's start (README, Sweep overhead)."""
+    code = "import sys, job.trial; print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'job')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=JOB.parent, capture_output=True, text=True, check=True).stdout
+    loaded = set(eval(out))  # noqa: S307 (our own subprocess's printed list)
+    assert not loaded & {"job.report", "job.report_html", "job.outcome", "job.progress", "job.lease", "job.tracking", "job.sweep", "matplotlib"}
+    assert {"job.trial", "job.train", "job.storage"} <= loaded
 
 
 @pytest.mark.parametrize("module", sorted(LEVELS) + ["__init__"])

@@ -101,3 +101,27 @@ def test_our_own_live_process_on_this_host_counts_as_alive(tmp_path: Path) -> No
         sleeper.kill()
         sleeper.wait()
     assert not lease._alive(json.loads(lease_file(tmp_path).read_text()))
+
+
+def test_a_resume_that_another_driver_took_in_the_same_second_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two drivers resuming one run at once: the one whose lease was overwritten during the read-back wait refuses."""
+    waits: list[float] = []
+
+    def other_driver_writes(seconds: float) -> None:
+        waits.append(seconds)
+        hold(tmp_path, "another-host", 4242)
+
+    monkeypatch.setattr("job.lease.time.sleep", other_driver_writes)
+    with pytest.raises(SpecError) as caught:
+        new_lease(tmp_path).acquire()
+    assert waits == [1.0] and "another driver took run run1 at the same moment" in caught.value.problems[0]
+
+
+def test_a_new_run_id_has_no_other_writer_to_wait_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The id was just made (random suffix): no read-back wait on the way to the first trial."""
+    waits: list[float] = []
+    monkeypatch.setattr("job.lease.time.sleep", waits.append)
+    lease = new_lease(tmp_path)
+    lease.acquire(new_run=True)
+    lease.release()
+    assert waits == [] and json.loads(lease_file(tmp_path).read_text())["owner"] == lease.owner

@@ -113,6 +113,8 @@ def test_a_killed_trial_retrains_the_epochs_after_its_newest_checkpoint_bit_iden
         assert trial_id in workers, f"no worker process for {trial_id} among {workers}"
         os.kill(workers[trial_id], signal.SIGKILL)
         assert driver.finish(400) == 0, driver.tail()
+        # The driver exits without Python's teardown once the run is committed: its Ray must be gone by then.
+        assert driver.leftovers == 0, f"{driver.leftovers} processes of the sweep's Ray outlived it"
     finally:
         driver.kill()
         shutil.rmtree(ray_tmp, ignore_errors=True)
