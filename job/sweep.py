@@ -37,7 +37,7 @@ def run_sweep(job_spec: JobSpec, store: Store, fresh: bool = False, joins_cluste
     store.check()
     data.prepare(job_spec.data)  # a missing or corrupt dataset is one error here, not one per trial
     search.check(job_spec)
-    started_ray = _init_ray()
+    started_ray = _init_ray(joins_cluster)
     gpus = _gpus_per_trial(job_spec, joins_cluster)
     _check_resources(job_spec, gpus, joins_cluster)
     run_id = None if fresh else _resumable_run(job_spec, store)
@@ -162,13 +162,17 @@ def _resumable_run(job_spec: JobSpec, store: Store) -> str | None:
     return None
 
 
-def _init_ray() -> bool:
-    """Connect to Ray; True when this call did (the sweep then stops it), False when the caller had."""
+def _init_ray(joins_cluster: bool) -> bool:
+    """Connect to Ray; True when this call did (the sweep then stops it), False when the caller had.
+
+    Joins the cluster that RAY_ADDRESS names (a Ray job has it set), else starts a Ray of its own even
+    when `ray start` left one running on this machine, which `ray.init()` alone would join: GPU fallback
+    and the resource checks go by `joins_cluster`, so which Ray the trials get must too. A local Ray
+    starts without the dashboard (its processes cost a few CPU seconds per start)."""
     started = not ray.is_initialized()
     if started:
-        # Joins the cluster when there is one (RAY_ADDRESS, or inside a Ray job), else starts a local one,
-        # without the dashboard (its processes cost a few CPU seconds per start; a cluster's stays as it is).
-        ray.init(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True, include_dashboard=False)
+        address = None if joins_cluster else "local"
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=True, include_dashboard=False)
     # Tune logs each failed trial's traceback; Progress prints one FAILED line naming its error.txt instead.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     return started

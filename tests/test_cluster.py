@@ -359,3 +359,26 @@ def test_losing_a_node_mid_sweep_still_finishes_every_trial(cluster: Cluster, bu
         first_on_head = min(epoch for epoch, node in rows if node == "head")
         assert first_on_head > 1, f"{trial} started over on the head instead of resuming: {rows}"
     assert {names[t["node"]] for t in trials} == {"head"}, "every trial must end on the surviving node"
+
+
+def test_a_local_run_starts_its_own_ray_beside_a_ray_start_cluster(tmp_path: Path) -> None:
+    """`ray start --head` left running on this machine (here with a logical GPU) and no RAY_ADDRESS:
+    `ray.init()` alone would join it, while the GPU fallback and resource checks take the run for a
+    local one. The run starts a Ray of its own, so a GPU request falls back to this machine's CPU."""
+    from test_sweep import sweep_env
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # where ray.init() looks for a running cluster; short for Ray's sockets
+    env = {**sweep_env(None, tmp_path), "RAY_TMPDIR": str(ray_tmp), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    args = ["--head", f"--port={free_port()}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=1", "--include-dashboard=false"]
+    groups: set[int] = set()
+    try:
+        groups.add(_ray_start([*args, "--disable-usage-stats"], env, tmp_path / "ray-start.log"))
+        assert list(ray_tmp.glob("ray/ray_current_cluster")), "ray start left no cluster address for ray.init() to find"
+        sets = [f"storage.uri={tmp_path / 'out'}", "search.space={}", "resources.gpus=0.5"]
+        command = [sys.executable, "-m", "job", "run", str(SMOKE), *[arg for item in sets for arg in ("--set", item)]]
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    finally:
+        _kill(groups, grace_s=5)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "no GPU in the Ray cluster: running trials on the CPU (resources.gpus 0.5 -> 0)" in done.stdout, done.stdout[-3000:]
