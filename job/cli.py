@@ -19,7 +19,7 @@ from job.results import METRIC_MODES, Regression, find_regression
 from job.spec import JobSpec, SpecError, TrialSpec, UserError, json_schema, load_spec, resolve_trial
 
 if TYPE_CHECKING:  # imported where used: `sweep validate` must not load boto3 and pyarrow
-    from job import storage
+    from job import catalog
 
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_WORSE = 0, 1, 2, 3  # 3: `results --fail-if-worse` found a regression
 
@@ -134,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from job import storage, sweep
+    from job import credentials, storage, sweep
 
     job = load_spec(args.spec, args.overrides)
     # Tune's own banner and tables would drown the sweep's one-line progress; its legacy reporter at
@@ -148,8 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     # Else Ray copies the keys into every trial's logged runtime_env. Before the Store: a filesystem built
     # while the keys were in the environment loses them when they leave it.
-    keys = storage.move_env_keys_to_file(os.environ)
-    store = storage.Store(job.storage.uri, storage.StorageSettings.from_env(os.environ))
+    keys = credentials.move_env_keys_to_file(os.environ)
+    store = storage.Store(job.storage.uri, credentials.StorageSettings.from_env(os.environ))
     try:
         result = sweep.run_sweep(job, store, fresh=args.new, joins_cluster=bool(os.environ.get("RAY_ADDRESS")))
     except sweep.Interrupted as stop:
@@ -186,13 +186,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from job import report, storage
+    from job import catalog, credentials, report, storage
 
     tolerance = _tolerance(args.fail_if_worse)
-    root, name = storage.split_sweep_uri(args.uri)
-    store = storage.Store(root, storage.StorageSettings.from_env(os.environ))
+    root, name = catalog.split_sweep_uri(args.uri)
+    store = storage.Store(root, credentials.StorageSettings.from_env(os.environ))
     store.check(create=False)  # a dead endpoint: one line in seconds, before pyarrow's patient retries
-    runs = store.runs(name)
+    runs = catalog.runs(store, name)
     if not runs:
         raise SpecError([f"{args.uri}: no runs found. The URI is <storage.uri>/<spec name>"])
     rows = [_run_row(r) for r in runs]
@@ -203,8 +203,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     regression = _regression(tolerance, points, metric)
     if args.trend:
         print(f"trend: {report.render_trend(points, metric, args.trend, regression)}")
-    run_id = args.run or store.latest(name) or (committed[-1]["run_id"] if committed else None)
-    manifest = store.read_manifest(name, run_id) if run_id else None
+    run_id = args.run or catalog.latest(store, name) or (committed[-1]["run_id"] if committed else None)
+    manifest = catalog.read_manifest(store, name, run_id) if run_id else None
     if manifest is None:
         raise SpecError([f"--run: no committed run (got {run_id}). An incomplete run has no manifest.json; pick one listed as committed"])
     print(f"\nleaderboard of {run_id} (best first by {manifest.metric}):")
@@ -212,10 +212,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(report.format_table(trials, ["trial_id", "variant", "params", "status", "epochs", "best_test_acc", "best_test_loss"]))
     if manifest.ended_by:
         print(f"ended early: {manifest.ended_by}; STOPPED trials did not finish")
-    if args.verify and not _verified(store.verify_run(name, run_id, manifest), len(manifest.files)):
+    if args.verify and not _verified(catalog.verify_run(store, name, run_id, manifest), len(manifest.files)):
         return EXIT_FAILED
     if args.download_best:
-        store.download_verified(name, run_id, manifest, "report/best", args.download_best)
+        catalog.download_best(store, name, run_id, manifest, args.download_best)
         print(f"best checkpoint ({manifest.best_trial}) -> {args.download_best}; evaluate: sweep train --evaluate {args.download_best}")
     if regression is not None:
         print(f"error: {regression.line(metric)}", file=sys.stderr)
@@ -254,14 +254,14 @@ def _regression(tolerance: float | None, points: list[tuple[str, float]], metric
 
 
 def _verified(problems: list[str], files: int) -> bool:
-    """Print what `Store.verify_run` found: each bad file, then the count."""
+    """Print what `catalog.verify_run` found: each bad file, then the count."""
     for line in problems:
         print(f"bad: {line}")
     print(f"verified: {files - len(problems)} files ok" + (f", {len(problems)} bad: rerun the sweep or pick another --run" if problems else ""))
     return not problems
 
 
-def _run_row(run: storage.RunInfo) -> dict:
+def _run_row(run: catalog.RunInfo) -> dict:
     manifest = run.manifest
     if manifest is None:
         return {"run_id": run.run_id, "status": run.status, "trials": "", "metric": "", "best": ""}

@@ -12,7 +12,7 @@ from typing import Any
 
 from ray import tune
 
-from job import report, storage
+from job import catalog, report, storage
 from job.results import (
     EPOCH,
     ERROR,
@@ -165,7 +165,7 @@ def commit(job_spec: JobSpec, store: Store, result: SweepResult, filesystem: Any
         report.render(result, out, manifest.spec, manifest)
         if best is not None and best.checkpoint:
             tune.Checkpoint(best.checkpoint, filesystem).to_directory(str(out / "best"))
-        return store.commit_run(job_spec.name, result.run_id, out, manifest)
+        return catalog.commit_run(store, job_spec.name, result.run_id, out, manifest)
 
 
 def _manifest(job_spec: JobSpec, result: SweepResult, attempts: list[tuple[str, float]]) -> Manifest:

@@ -1,10 +1,9 @@
-"""The only S3 code: settings from the AWS variables, the pyarrow filesystem for Ray and for our own reads
-and writes (a local folder takes the same path), a boto3 probe that fails fast, and the run layout:
-report upload, manifest commit, reading runs back. Must not import torch."""
+"""The only S3 code: the pyarrow filesystem for Ray and for our own reads and writes (a local folder takes
+the same path), a boto3 probe that fails fast, and Tune's checkpoint folders. What the files mean is
+catalog.py's; where S3 is and whose keys, credentials.py's. Must not import torch."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import hashlib
@@ -14,13 +13,10 @@ import mimetypes
 import os
 import re
 import shutil
-import tempfile
 import uuid
-from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import boto3
@@ -28,13 +24,10 @@ import botocore.config
 import botocore.exceptions
 import pyarrow.fs
 
-from job.results import FileEntry, Manifest
+from job.credentials import DEFAULT_REGION, StorageSettings
 from job.spec import SpecError
 
-MANIFEST = "manifest.json"
-LATEST = "latest.json"
 PARTIAL = ".partial"  # suffix of a local file still being written; never listed
-DEFAULT_REGION = "us-east-1"  # what boto3 and pyarrow assume when no region is set
 ATTEMPTS = 5  # pyarrow's AWS "standard" retry mode: backoff with jitter between tries
 # pyarrow, for Ray and our uploads: the SDK's default 3 s without a byte (curl's low-speed limit on Linux)
 # fails slow but working storage; 60 s lets a large upload's final answer come. Dead endpoints are the probe's.
@@ -42,71 +35,7 @@ CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S = 5.0, 60.0
 # The probe runs first and must name a dead, resetting or silent endpoint in ~12 s (2 tries x 6 s)
 # while answers that take 3-5 s still pass.
 PROBE_TRIES, PROBE_CONNECT_TIMEOUT_S, PROBE_READ_TIMEOUT_S = 2, 3.0, 6.0
-KEY_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")  # what Ray Tune copies
-KEYS_PROFILE = "sweep-job"
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's naming rules, simplified
-
-
-@dataclass(frozen=True)
-class StorageSettings:
-    """Where S3 is. No keys: they are resolved, never carried (boto3 and pyarrow each follow the AWS
-    chain: environment, shared credentials file or profile, instance or pod role), so this and the
-    filesystem built from it can be pickled, logged and shipped to Ray's workers."""
-
-    endpoint_url: str | None = None
-    region: str = DEFAULT_REGION
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> StorageSettings:
-        env = {k: v for k, v in environ.items() if k.startswith("AWS_") and v}  # empty counts as unset
-        return cls(
-            endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
-        )
-
-
-KEYS_FOLDER = "sweep-job-keys-"  # + the driver's pid: its folder of keys
-
-
-def move_env_keys_to_file(environ: MutableMapping[str, str]) -> Path | None:
-    """Move S3 keys from the environment into a private shared-credentials file. Call it before Ray
-    starts and before any Store is built: the SDK behind pyarrow fixes the profile it reads when a
-    filesystem is built, so one built earlier would find neither the keys nor the file.
-
-    Ray Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the session tokens from the driver's
-    environment into every trial's runtime_env, which Ray logs in plain text. Moved to a file, the keys
-    reach the local Ray (started with the driver's environment) only as AWS_SHARED_CREDENTIALS_FILE and
-    AWS_PROFILE, which boto3 and pyarrow's SDK both read; remote nodes resolve their own keys. The file
-    is 0600 in a fresh 0700 folder, in /dev/shm when there is one (memory: the key never reaches a disk,
-    as in the environment it came from) and never under Ray's temp dir, and is removed at exit (a
-    SIGKILL leaves it until reboot, readable only by this user). Returns the file, or None when the
-    environment holds no complete key pair (then nothing changes, and `check` names what is missing)."""
-    if not environ.get("AWS_ACCESS_KEY_ID") or not environ.get("AWS_SECRET_ACCESS_KEY"):
-        return None
-    keys = {name: environ.pop(name) for name in KEY_VARS if name in environ}
-    token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")  # the same token under its legacy name
-    lines = [
-        f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
-        f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}",
-        *([f"aws_session_token = {token}"] if token else []),
-    ]
-    parent = Path("/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir())
-    _remove_orphaned_keys(parent)
-    folder = Path(tempfile.mkdtemp(prefix=f"{KEYS_FOLDER}{os.getpid()}-", dir=parent))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    path = folder / "credentials"
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write("\n".join([f"[{KEYS_PROFILE}]", *lines, ""]))
-    environ.update(AWS_SHARED_CREDENTIALS_FILE=str(path), AWS_PROFILE=KEYS_PROFILE)
-    return path
-
-
-def _remove_orphaned_keys(parent: Path) -> None:
-    """A SIGKILLed driver runs no atexit: the next one removes key folders whose process is gone."""
-    for folder in parent.glob(f"{KEYS_FOLDER}*-*"):
-        pid = folder.name.removeprefix(KEYS_FOLDER).split("-")[0]
-        if pid.isdigit() and folder.stat().st_uid == os.getuid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _probe_client(settings: StorageSettings, session: boto3.Session) -> Any:
@@ -184,16 +113,6 @@ def _ensure_bucket(uri: str, bucket: str, settings: StorageSettings, create: boo
         ) from None
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """A run in a listing: committed (its manifest read), incomplete (no manifest) or corrupt (and why)."""
-
-    run_id: str
-    status: Literal["committed", "incomplete", "corrupt"]
-    manifest: Manifest | None = None
-    problem: str = ""
-
-
 def _fs_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     """pyarrow raises OSError for every storage failure; say which store failed, in one line."""
 
@@ -243,7 +162,7 @@ class Store:
         if not create:
             return None
         self._write(".write-test", b"")
-        self._delete([".write-test"])
+        self.delete([".write-test"])
 
     def tune_location(self, name: str, run_id: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
         """`RunConfig(storage_path, storage_filesystem)`; with `name="tune"` Tune lands in the run folder."""
@@ -256,110 +175,12 @@ class Store:
         """Oldest first: run ids start with their UTC start time."""
         return sorted(self._dirs(name))
 
-    def is_committed(self, name: str, run_id: str) -> bool:
-        return self._read(f"{name}/{run_id}/report/{MANIFEST}") is not None
-
-    def read_manifest(self, name: str, run_id: str) -> Manifest | None:
-        """None for a run without one (incomplete); a damaged one is a one-line `SpecError` naming it."""
-        rel = f"{name}/{run_id}/report/{MANIFEST}"
-        data = self._read(rel)
-        return None if data is None else self._parse_manifest(rel, data)
-
-    def latest(self, name: str) -> str | None:
-        """The run latest.json points at (the newest that finished with results); None when there is none."""
-        rel = f"{name}/{LATEST}"
-        data = self._read(rel)
-        fix = "Pick a run with --run; the next run with results rewrites it"
-        return None if data is None else _parse(_pointed_run_id, data, self.url(rel), fix)
-
-    def runs(self, name: str) -> list[RunInfo]:
-        """One row per run, oldest first; a run without a manifest is incomplete and never read further."""
-        return [self._run_info(name, run_id) for run_id in self.run_ids(name)]
-
-    def _run_info(self, name: str, run_id: str) -> RunInfo:
-        rel = f"{name}/{run_id}/report/{MANIFEST}"
-        data = self._read(rel)  # a storage failure is not a corrupt run: it propagates
-        if data is None:
-            return RunInfo(run_id, "incomplete")
-        try:
-            return RunInfo(run_id, "committed", self._parse_manifest(rel, data))
-        except SpecError as err:
-            return RunInfo(run_id, "corrupt", problem=err.problems[0])
-
-    def _parse_manifest(self, rel: str, data: bytes) -> Manifest:
-        return _parse(Manifest.from_dict, data, self.url(rel), "The run is corrupt or was cut short: rerun the sweep, or pick another --run")
-
-    def verify_run(self, name: str, run_id: str, manifest: Manifest) -> list[str]:
-        """Every file the manifest lists, read back and hashed: one line per file that is missing or differs."""
-        problems = []
-        for entry in manifest.files:
-            rel = f"{name}/{run_id}/{entry.path}"
-            if wrong := entry.mismatch(*self._digest(rel)):
-                problems.append(f"{self.url(rel)}: {wrong}")
-        return problems
-
-    def download_verified(self, name: str, run_id: str, manifest: Manifest, under: str, dest: Path) -> list[Path]:
-        """The run's folder `under` (e.g. report/best) into `dest`, every file checked against the manifest:
-        one that differs, is missing or is not listed is refused, and the files downloaded are removed."""
-        got = self.download(f"{name}/{run_id}/{under}", dest)
-        found = {f"{under}/{path.relative_to(dest).as_posix()}": path for path in got}
-        problems = []
-        for rel, entry in manifest.entries(under).items():
-            local = found.pop(rel, None)
-            if wrong := entry.mismatch(*(_digest_file(local) if local else (None, ""))):
-                problems.append(f"{self.url(f'{name}/{run_id}/{rel}')}: {wrong}")
-        problems += [
-            f"{self.url(f'{name}/{run_id}/{rel}')}: not listed in the manifest (got {path.stat().st_size} bytes)"
-            for rel, path in sorted(found.items())
-        ]
-        if problems:
-            for path in got:
-                path.unlink(missing_ok=True)
-            raise SpecError(
-                [f"{line}. Refused, and removed from {dest}: the run changed after it committed; rerun it or pick another --run" for line in problems]
-            )
-        return got
-
-    def commit_run(self, name: str, run_id: str, report_dir: Path, manifest: Manifest) -> Manifest:
-        """Upload the report, then the manifest (last: it vouches for every file), then latest.json, which
-        moves only for a run with results (`manifest.best_trial`): a run whose every trial failed keeps it."""
-        report = f"{name}/{run_id}/report"
-        files = {p.relative_to(report_dir).as_posix(): p for p in sorted(report_dir.rglob("*")) if p.is_file()}
-        assert MANIFEST not in files, f"{report_dir} already holds a {MANIFEST}; commit_run writes it"
-        self._delete([f"{report}/{MANIFEST}"])  # uncommit first: an old manifest must not vouch for new files
-        self._delete(sorted(set(self._files(report)) - {f"{report}/{rel}" for rel in files}))
-        entries = []
-        for rel, path in files.items():
-            entries.append(FileEntry(f"report/{rel}", *_digest_file(path)))
-            self._write(f"{report}/{rel}", path)
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        written = replace(manifest, files=tuple(entries), committed_at=now)
-        self._write(f"{report}/{MANIFEST}", json.dumps(written.to_dict(), indent=2).encode())
-        if written.best_trial is not None:
-            self._point_latest(name, run_id, written)
-        return written
-
-    def _point_latest(self, name: str, run_id: str, manifest: Manifest) -> None:
-        try:
-            if (self.latest(name) or "") > run_id:
-                return  # an older run finished late (a resume): latest keeps pointing at the newest
-        except SpecError:
-            pass  # a damaged pointer: ours to rewrite
-        pointer = {
-            "run_id": run_id,
-            "manifest": f"{run_id}/report/{MANIFEST}",
-            "committed_at": manifest.committed_at,
-            "metric": manifest.metric,
-            "best_trial": manifest.best_trial,
-        }
-        self._write(f"{name}/{LATEST}", json.dumps(pointer, indent=2).encode())
-
     @_fs_errors
     def download(self, rel: str, dest: Path) -> list[Path]:
         """Copy the file at `rel` to `dest`, or every file under the folder `rel` into `dest/`."""
         rel = rel.strip("/")
         kind = self.fs.get_file_info(self._path(rel)).type
-        keys = self._files(rel) if kind == pyarrow.fs.FileType.Directory else []
+        keys = self.files(rel) if kind == pyarrow.fs.FileType.Directory else []
         if kind != pyarrow.fs.FileType.File and not keys:
             raise SpecError([f"{self.url(rel)}: nothing stored there (got no file or folder). Check the URI and the run id"])
         (dest if keys else dest.parent).mkdir(parents=True, exist_ok=True)  # copy_files makes only the subfolders
@@ -378,6 +199,9 @@ class Store:
     def write_bytes(self, rel: str, data: bytes) -> None:
         self._write(rel.strip("/"), data)
 
+    def upload(self, rel: str, path: Path) -> None:
+        self._write(rel.strip("/"), path)
+
     def _path(self, rel: str) -> str:
         return f"{self.base}/{rel.strip('/')}".rstrip("/")
 
@@ -392,7 +216,7 @@ class Store:
             out.upload(source)
 
     @_fs_errors
-    def _digest(self, rel: str) -> tuple[int | None, str]:
+    def digest(self, rel: str) -> tuple[int | None, str]:
         """(size, sha256) of the stored file, streamed; (None, "") when it is not there."""
         with contextlib.suppress(FileNotFoundError), self.fs.open_input_stream(self._path(rel)) as source:
             return _digest_stream(source, 8 << 20)  # each read is one ranged GET: few and large
@@ -405,7 +229,7 @@ class Store:
         return None
 
     @_fs_errors
-    def _files(self, rel: str) -> list[str]:
+    def files(self, rel: str) -> list[str]:
         infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._path(rel), recursive=True, allow_not_found=True))
         found = (i.path for i in infos if i.type == pyarrow.fs.FileType.File and not i.path.endswith(PARTIAL))
         return sorted(path[len(self.base) + 1 :] for path in found)
@@ -416,7 +240,7 @@ class Store:
         return [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
 
     @_fs_errors
-    def _delete(self, rels: list[str]) -> None:
+    def delete(self, rels: list[str]) -> None:
         for rel in rels:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.delete_file(self._path(rel))
@@ -428,14 +252,6 @@ def fetch_object(uri: str, dest: Path) -> None:
     if parsed.scheme != "s3" or not parsed.path.strip("/"):
         raise SpecError([f"{uri}: not an S3 object URI (got no bucket or key). Use s3://bucket/path/to/file"])
     Store(f"s3://{parsed.netloc}", StorageSettings.from_env(os.environ)).download(parsed.path, dest)
-
-
-def split_sweep_uri(uri: str) -> tuple[str, str]:
-    """`<storage.uri>/<name>` -> (`<storage.uri>`, `<name>`), for s3:// URIs and local folders."""
-    root, _, name = uri.rstrip("/").rpartition("/")
-    if not name or root == "s3:/":
-        raise SpecError([f"{uri}: no sweep name at the end. Use <storage.uri>/<spec name>, e.g. s3://sweeps/cifar10/cifar10-mlp-variants"])
-    return root or ("/" if uri.startswith("/") else "."), name
 
 
 def _write_atomic(path: Path, data: bytes | Path) -> None:
@@ -454,7 +270,8 @@ def _stream(data: bytes | Path) -> BinaryIO:
     return data.open("rb") if isinstance(data, Path) else io.BytesIO(data)
 
 
-def _digest_file(path: Path) -> tuple[int, str]:
+def digest_file(path: Path) -> tuple[int, str]:
+    """(size, sha256) of a local file, as `Store.digest` gives them of a stored one."""
     with path.open("rb") as handle:
         return _digest_stream(handle)
 
@@ -465,24 +282,6 @@ def _digest_stream(source: Any, block_size: int = 1 << 20) -> tuple[int, str]:
         digest.update(block)
         size += len(block)
     return size, digest.hexdigest()
-
-
-def _parse(build: Callable[[Any], Any], data: bytes, where: str, fix: str) -> Any:
-    """JSON we wrote, read back: garbage, truncated, empty or of the wrong shape is one line naming the object."""
-    try:
-        return build(json.loads(data))
-    except json.JSONDecodeError as err:
-        problem = f"not JSON ({err.msg} at byte {err.pos})"
-    except ValueError as err:  # not UTF-8, or the wrong shape (`build` names the field)
-        problem = f"not valid ({' '.join(str(err).split())[:200]})"
-    raise SpecError([f"{where}: {problem} (got {len(data)} bytes). {fix}"])
-
-
-def _pointed_run_id(pointer: Any) -> str:
-    run_id = pointer.get("run_id") if isinstance(pointer, dict) else None
-    if not isinstance(run_id, str) or not run_id.strip(".") or "/" in run_id:
-        raise ValueError(f"run_id is not a run folder's name (got {run_id!r})")
-    return run_id
 
 
 def uri_of(filesystem: pyarrow.fs.FileSystem | None, path: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from job import data, lease, outcome, progress, search, storage, tracking, train, trial
+from job import catalog, data, lease, outcome, progress, search, storage, tracking, train, trial
 from job.results import STOPPED, TERMINATED, SweepResult
 from job.spec import JobSpec, SpecError, UserError
 from job.storage import Store
@@ -149,7 +149,7 @@ def _resumable_run(job_spec: JobSpec, store: Store) -> str | None:
     failed trials (which a rerun retries from their checkpoints). A newer complete run ends the search."""
     for run_id in reversed(store.run_ids(job_spec.name)):
         try:
-            manifest = store.read_manifest(job_spec.name, run_id)
+            manifest = catalog.read_manifest(store, job_spec.name, run_id)
         except UserError:
             continue  # a damaged manifest: that run cannot be resumed, an older one may
         if manifest is not None and all(t.status in (TERMINATED, STOPPED) for t in manifest.trials):

@@ -27,7 +27,9 @@ import boto3
 import pytest
 from conftest import FOREIGN_VARS, TEST_ENV, free_port
 
-from job.storage import StorageSettings, Store
+from job import catalog
+from job.credentials import StorageSettings
+from job.storage import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -196,7 +198,7 @@ def _submit(cluster: Cluster, overrides: list[str]) -> subprocess.Popen[str]:
 
 def _manifest(bucket_uri: str, name: str = "smoke") -> dict:
     store = Store(bucket_uri, StorageSettings.from_env(os.environ))
-    runs = store.runs(name)
+    runs = catalog.runs(store, name)
     assert len(runs) == 1 and runs[0].status == "committed", runs
     return runs[0].manifest.to_dict()
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from job.credentials import StorageSettings
 from job.lease import LEASE, LEASE_TTL_S, RunLease
 from job.spec import SpecError
-from job.storage import StorageSettings, Store
+from job.storage import Store
 
 
 def lease_file(root: Path) -> Path:

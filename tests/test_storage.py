@@ -25,10 +25,12 @@ import boto3
 import pyarrow.fs
 import pytest
 
-from job import cli, storage
+from job import catalog, cli, credentials, storage
+from job.catalog import MANIFEST, RunInfo, split_sweep_uri
+from job.credentials import StorageSettings
 from job.results import Attempt, Manifest, TrialSummary
 from job.spec import SpecError
-from job.storage import MANIFEST, RunInfo, StorageSettings, Store, split_sweep_uri
+from job.storage import Store
 
 NAME, RUN, OLDER_RUN = "cifar10-mlp", "20260101T000000Z-beef", "20251231T000000Z-0001"
 REPORT_FILES = {
@@ -203,7 +205,7 @@ def test_commit_uploads_every_file_then_the_manifest_then_latest(backend: Any, t
     order: list[str] = []
     write = store._write
     monkeypatch.setattr(store, "_write", lambda rel, data: (order.append(rel), write(rel, data)))
-    written = store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
+    written = catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest())
 
     assert order[-2:] == [f"{NAME}/{RUN}/report/{MANIFEST}", f"{NAME}/latest.json"]
     assert sorted(order[:-2]) == sorted(f"{NAME}/{RUN}/report/{rel}" for rel in REPORT_FILES)
@@ -217,8 +219,8 @@ def test_commit_uploads_every_file_then_the_manifest_then_latest(backend: Any, t
         assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
     latest = json.loads(raw_get(f"{NAME}/latest.json"))
     assert latest["run_id"] == RUN and latest["manifest"] == f"{RUN}/report/{MANIFEST}"
-    assert store.runs(NAME) == [RunInfo(RUN, "committed", written)] and store.read_manifest(NAME, RUN) == written
-    assert store.latest(NAME) == RUN
+    assert catalog.runs(store, NAME) == [RunInfo(RUN, "committed", written)] and catalog.read_manifest(store, NAME, RUN) == written
+    assert catalog.latest(store, NAME) == RUN
 
 
 def test_a_crash_before_the_manifest_leaves_the_run_uncommitted(backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,11 +234,11 @@ def test_a_crash_before_the_manifest_leaves_the_run_uncommitted(backend: Any, tm
 
     monkeypatch.setattr(store, "_write", dies_on_third_file)
     with pytest.raises(KeyboardInterrupt):
-        store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
+        catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest())
     assert raw_get(f"{NAME}/{RUN}/report/leaderboard.csv") is not None  # some files did land
-    assert not store.is_committed(NAME, RUN) and store.read_manifest(NAME, RUN) is None
-    assert store.runs(NAME) == [RunInfo(RUN, "incomplete")]
-    assert raw_get(f"{NAME}/latest.json") is None and store.latest(NAME) is None
+    assert not catalog.is_committed(store, NAME, RUN) and catalog.read_manifest(store, NAME, RUN) is None
+    assert catalog.runs(store, NAME) == [RunInfo(RUN, "incomplete")]
+    assert raw_get(f"{NAME}/latest.json") is None and catalog.latest(store, NAME) is None
 
 
 def test_report_files_without_a_manifest_are_an_incomplete_run(backend: Any) -> None:
@@ -244,45 +246,45 @@ def test_report_files_without_a_manifest_are_an_incomplete_run(backend: Any) -> 
     raw_put(f"{NAME}/{RUN}/report/leaderboard.csv", b"rank\n1\n")
     raw_put(f"{NAME}/{RUN}/tune/experiment_state.json", b"{}")
     assert store.run_ids(NAME) == [RUN]
-    assert store.runs(NAME) == [RunInfo(RUN, "incomplete")]
+    assert catalog.runs(store, NAME) == [RunInfo(RUN, "incomplete")]
 
 
 def test_recommit_replaces_the_report_and_drops_stale_files(backend: Any, tmp_path: Path) -> None:
     store, raw_get, _ = backend
-    store.commit_run(NAME, RUN, _report_dir(tmp_path / "first"), _manifest())
+    catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path / "first"), _manifest())
     second = {"leaderboard.csv": b"rank,trial_id\n1,b\n", "curves/b_00001.png": b"\x89PNG other"}
     resumed = (Attempt("2026-01-01T00:00:00+00:00", 12.5), Attempt("2026-01-01T01:00:00+00:00", 30.0))
-    manifest = store.commit_run(NAME, RUN, _report_dir(tmp_path / "second", second), _manifest(attempts=resumed))
+    manifest = catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path / "second", second), _manifest(attempts=resumed))
     assert [f.path for f in manifest.files] == ["report/curves/b_00001.png", "report/leaderboard.csv"]
     assert raw_get(f"{NAME}/{RUN}/report/curves/a_00000.png") is None
     assert raw_get(f"{NAME}/{RUN}/report/leaderboard.csv") == second["leaderboard.csv"]
-    assert store.read_manifest(NAME, RUN).attempts == resumed and store.read_manifest(NAME, RUN).wall_s == 42.5
+    assert catalog.read_manifest(store, NAME, RUN).attempts == resumed and catalog.read_manifest(store, NAME, RUN).wall_s == 42.5
 
 
 def test_latest_keeps_pointing_at_the_newest_run(backend: Any, tmp_path: Path) -> None:
     store, raw_get, _ = backend
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
-    store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))  # an older run resumed and finished late
+    catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest())
+    catalog.commit_run(store, NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))  # an older run resumed and finished late
     assert json.loads(raw_get(f"{NAME}/latest.json"))["run_id"] == RUN
     assert store.run_ids(NAME) == [OLDER_RUN, RUN]
-    assert [r.status for r in store.runs(NAME)] == ["committed", "committed"]
+    assert [r.status for r in catalog.runs(store, NAME)] == ["committed", "committed"]
 
 
 def test_a_run_without_results_commits_but_leaves_latest_alone(backend: Any, tmp_path: Path) -> None:
     """latest.json points at the newest run that finished with results: a newer run whose every trial failed does not move it."""
     store, raw_get, raw_put = backend
-    store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))
-    failed = store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest(best_trial=None))
-    assert failed.best_trial is None and store.is_committed(NAME, RUN)
-    assert json.loads(raw_get(f"{NAME}/latest.json"))["run_id"] == OLDER_RUN == store.latest(NAME)
+    catalog.commit_run(store, NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))
+    failed = catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest(best_trial=None))
+    assert failed.best_trial is None and catalog.is_committed(store, NAME, RUN)
+    assert json.loads(raw_get(f"{NAME}/latest.json"))["run_id"] == OLDER_RUN == catalog.latest(store, NAME)
     raw_put(f"{NAME}/latest.json", b'{"run_id": ')  # damaged: the next run with results rewrites it
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
-    assert store.latest(NAME) == RUN
+    catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest())
+    assert catalog.latest(store, NAME) == RUN
 
 
 def test_download_a_folder_and_a_file_and_read_bytes(backend: Any, tmp_path: Path) -> None:
     store, _, _ = backend
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
+    catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest())
     got = store.download(f"{NAME}/{RUN}/report/best", tmp_path / "best")
     assert got == [tmp_path / "best" / "trial.json"] and got[0].read_bytes() == REPORT_FILES["best/trial.json"]
     everything = store.download(f"{NAME}/{RUN}", tmp_path / "run")
@@ -300,7 +302,7 @@ def test_download_a_folder_and_a_file_and_read_bytes(backend: Any, tmp_path: Pat
 def test_s3_objects_carry_a_content_type_so_the_report_opens_in_a_browser(s3_env: dict[str, str], bucket_uri: str, tmp_path: Path) -> None:
     store = Store(bucket_uri, StorageSettings.from_env(s3_env))
     store.check()
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
+    catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest())
     client, bucket = _s3_client(s3_env), bucket_uri.split("/")[2]
     types = {
         rel: client.head_object(Bucket=bucket, Key=f"prefix/{NAME}/{RUN}/report/{rel}")["ContentType"]
@@ -311,7 +313,7 @@ def test_s3_objects_carry_a_content_type_so_the_report_opens_in_a_browser(s3_env
 
 def test_no_runs_under_an_unknown_name(backend: Any) -> None:
     store, _, _ = backend
-    assert store.run_ids("never-ran") == [] and store.runs("never-ran") == []
+    assert store.run_ids("never-ran") == [] and catalog.runs(store, "never-ran") == []
 
 
 # --- where Ray Tune writes ------------------------------------------------------------------------
@@ -343,7 +345,7 @@ def test_tune_location_on_a_relative_local_folder_is_absolute(tmp_path: Path, mo
 
 def test_local_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(str(tmp_path / "store"), StorageSettings())
-    store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())
+    catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest())
     assert not [p for p in (tmp_path / "store").rglob("*") if p.name.endswith(storage.PARTIAL)]
 
     def rename_fails(src: Any, dst: Any) -> None:
@@ -351,7 +353,7 @@ def test_local_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(storage.os, "replace", rename_fails)
     with pytest.raises(SpecError, match=r"storage failed \(\[Errno 28\] No space left on device\)"):
-        store.commit_run(NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))
+        catalog.commit_run(store, NAME, OLDER_RUN, _report_dir(tmp_path), _manifest(run_id=OLDER_RUN))
     assert not (tmp_path / "store" / NAME / OLDER_RUN / "report" / "best" / "trial.json").exists()
     assert not [p for p in (tmp_path / "store").rglob("*") if p.name.endswith(storage.PARTIAL)]
 
@@ -414,10 +416,10 @@ def test_ray_tune_writes_its_experiment_folder_into_the_run_folder(s3_env: dict[
         if ours:
             ray.shutdown()
     assert not grid.errors
-    files = store._files(f"{NAME}/{RUN}/tune")
+    files = store.files(f"{NAME}/{RUN}/tune")
     assert any(re.fullmatch(rf"{NAME}/{RUN}/tune/experiment_state-.*\.json", f) for f in files), files
     assert sum(f.endswith("/result.json") for f in files) == 2
-    assert store.run_ids(NAME) == [RUN] and not store.is_committed(NAME, RUN)
+    assert store.run_ids(NAME) == [RUN] and not catalog.is_committed(store, NAME, RUN)
     assert tune.Tuner.can_restore(f"{path}/tune", storage_filesystem=fs)
 
 
@@ -494,15 +496,15 @@ def test_keys_move_from_the_environment_to_a_private_file(tmp_path: Path) -> Non
         "AWS_PROFILE": "someone-else",
         "AWS_REGION": "eu-west-1",
     }
-    path = storage.move_env_keys_to_file(environ)
+    path = credentials.move_env_keys_to_file(environ)
     assert path is not None and environ == {"AWS_REGION": "eu-west-1", "AWS_SHARED_CREDENTIALS_FILE": str(path), "AWS_PROFILE": "sweep-job"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert path.read_text() == "[sweep-job]\naws_access_key_id = id-value\naws_secret_access_key = s3cr3t-value\naws_session_token = t0ken-value\n"
-    assert storage.move_env_keys_to_file(environ) is None  # a second call finds nothing to move
+    assert credentials.move_env_keys_to_file(environ) is None  # a second call finds nothing to move
     legacy = {"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_SECURITY_TOKEN": "old-t0ken"}
-    assert storage.move_env_keys_to_file(legacy).read_text().endswith("aws_session_token = old-t0ken\n") and "AWS_SECURITY_TOKEN" not in legacy
+    assert credentials.move_env_keys_to_file(legacy).read_text().endswith("aws_session_token = old-t0ken\n") and "AWS_SECURITY_TOKEN" not in legacy
     half = {"AWS_ACCESS_KEY_ID": "id-value"}
-    assert storage.move_env_keys_to_file(half) is None and half == {"AWS_ACCESS_KEY_ID": "id-value"}  # check() names the missing secret
+    assert credentials.move_env_keys_to_file(half) is None and half == {"AWS_ACCESS_KEY_ID": "id-value"}  # check() names the missing secret
 
 
 def test_boto3_and_pyarrow_sign_with_the_moved_keys(s3_env: dict[str, str], bucket_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -510,7 +512,7 @@ def test_boto3_and_pyarrow_sign_with_the_moved_keys(s3_env: dict[str, str], buck
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "MOVEDKEYID123")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     environ = dict(os.environ)
-    storage.move_env_keys_to_file(environ)
+    credentials.move_env_keys_to_file(environ)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", environ["AWS_SHARED_CREDENTIALS_FILE"])
@@ -519,8 +521,8 @@ def test_boto3_and_pyarrow_sign_with_the_moved_keys(s3_env: dict[str, str], buck
     try:
         store = Store(bucket_uri, StorageSettings(endpoint_url=proxy.url))
         store.check()  # boto3
-        store.commit_run(NAME, RUN, _report_dir(tmp_path), _manifest())  # pyarrow
-        assert store.read_manifest(NAME, RUN) is not None
+        catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path), _manifest())  # pyarrow
+        assert catalog.read_manifest(store, NAME, RUN) is not None
         signed = re.findall(rb"Credential=([^/]*)/", bytes(proxy.sent))
         assert len(signed) > len(REPORT_FILES) and set(signed) == {b"MOVEDKEYID123"}
         assert b"User-Agent: Boto3" in proxy.sent and b"aws-sdk-cpp" in proxy.sent.lower()
@@ -560,7 +562,7 @@ def test_slow_but_working_storage_succeeds(
     try:
         store = Store(bucket_uri, StorageSettings.from_env(os.environ))
         store.check()
-        store.commit_run(NAME, RUN, _report_dir(tmp_path, {"best/model.pt": os.urandom(11 << 20)}), _manifest())  # > one 10 MiB part
+        catalog.commit_run(store, NAME, RUN, _report_dir(tmp_path, {"best/model.pt": os.urandom(11 << 20)}), _manifest())  # > one 10 MiB part
         assert cli.main(["results", f"{bucket_uri}/{NAME}", "--verify"]) == 0
     finally:
         proxy.close()
@@ -572,8 +574,8 @@ def test_slow_but_working_storage_succeeds(
 def test_keys_left_by_a_killed_driver_are_removed_by_the_next(tmp_path: Path) -> None:
     """A SIGKILLed driver never runs its atexit: its key folder would stay in /dev/shm until a reboot."""
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    first = storage.move_env_keys_to_file({"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
-    orphan = first.parent.with_name(f"{storage.KEYS_FOLDER}{gone.stdout.strip()}-test")
+    first = credentials.move_env_keys_to_file({"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
+    orphan = first.parent.with_name(f"{credentials.KEYS_FOLDER}{gone.stdout.strip()}-test")
     first.parent.rename(orphan)
-    live = storage.move_env_keys_to_file({"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
+    live = credentials.move_env_keys_to_file({"AWS_ACCESS_KEY_ID": "id-value", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
     assert not orphan.exists() and live.is_file()  # ours (this pid) is kept

@@ -1,5 +1,5 @@
 """`sweep results --trend --fail-if-worse X`: a scheduled sweep's regression is exit 3 and one line, the
-trend plot marks it, anything else is exit 0. Runs are really committed (`Store.commit_run`) to a local
+trend plot marks it, anything else is exit 0. Runs are really committed (`catalog.commit_run`) to a local
 folder, and once to the loopback S3 server; no Ray."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from job import cli
+from job import catalog, cli
+from job.credentials import StorageSettings
 from job.results import Attempt, Manifest, TrialSummary, find_regression
-from job.storage import StorageSettings, Store
+from job.storage import Store
 
 NAME = "nightly"
 CURVE_RGB = (0x8B / 255, 0.0, 0.0)  # darkred: the trend's line
@@ -36,7 +37,7 @@ def commit(store: Store, tmp: Path, run_id: str, best: float, metric: str = "tes
         trials=(trial,),
         attempts=(Attempt("2026-01-01T00:00:00+00:00", 5.0),),
     )
-    store.commit_run(NAME, run_id, folder, manifest)
+    catalog.commit_run(store, NAME, run_id, folder, manifest)
 
 
 def runs(store: Store, tmp: Path, bests: list[float], metric: str = "test_acc") -> None:

@@ -1,6 +1,6 @@
 """Verified reads against a real S3-protocol server (moto): `sweep results --verify` and `--download-best`
 check every file against the run's manifest, and a damaged manifest or latest.json is one line, never a
-traceback. Runs are built with `Store.commit_run` directly: no Ray."""
+traceback. Runs are built with `catalog.commit_run` directly: no Ray."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from typing import Any
 import boto3
 import pytest
 
-from job import cli
+from job import catalog, cli
+from job.catalog import MANIFEST
+from job.credentials import StorageSettings
 from job.results import Attempt, Manifest, TrialSummary
-from job.storage import MANIFEST, StorageSettings, Store
+from job.storage import Store
 
 NAME, RUN, OLDER_RUN = "smoke", "20260102T000000Z-beef", "20260101T000000Z-0001"
 REPORT = {
@@ -55,7 +57,7 @@ class Run:
             trials=(trial,),
             attempts=(Attempt("2026-01-02T00:00:00+00:00", 5.0),),
         )
-        return self.store.commit_run(NAME, run_id, folder, manifest)
+        return catalog.commit_run(self.store, NAME, run_id, folder, manifest)
 
     def key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}"
@@ -215,7 +217,7 @@ def test_a_damaged_latest_pointer_is_one_line(run: Run, capsys: pytest.CaptureFi
 
 def test_the_manifest_round_trips_and_reads_schema_1(run: Run) -> None:
     stored = _valid_manifest(run)
-    assert Manifest.from_dict(stored) == run.manifest == run.store.read_manifest(NAME, RUN)
+    assert Manifest.from_dict(stored) == run.manifest == catalog.read_manifest(run.store, NAME, RUN)
     assert stored["schema_version"] == 2 and stored["wall_s"] == 5.0
     assert sorted(f["path"] for f in stored["files"]) == sorted(f"report/{rel}" for rel in REPORT)
     old = {k: v for k, v in stored.items() if k != "attempts"} | {"schema_version": 1, "wall_s": 7.25}
