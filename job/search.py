@@ -16,7 +16,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from ray.tune.search import Searcher
 
 from job.results import EPOCH, PER_VARIANT, VARIANT
-from job.spec import Choice, Grid, JobSpec, LogUniform, SpecError, Uniform
+from job.searchspec import Choice, Grid, LogUniform, Uniform
+from job.spec import JobSpec, SpecError
 
 
 def param_space(job_spec: JobSpec) -> dict[str, Any] | None:

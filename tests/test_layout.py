@@ -16,6 +16,7 @@ LEVELS = {
     "registry": 0,
     "specerrors": 0,
     "spec": 0,
+    "searchspec": 0,
     "results": 0,
     "credentials": 0,
     "data": 1,
@@ -45,6 +46,11 @@ EXCEPTIONS = {
     ("spec", "registry"),
     ("registry", "specfile"),
     ("spec", "specerrors"),  # a fourth layer: specerrors (pydantic's errors as lines) <- spec
+    ("spec", "searchspec"),  # a fifth layer: searchspec (the search and optim sections) <- spec, which holds them in JobSpec
+    ("searchspec", "specfile"),  # the search section names its problems at dotted paths
+    ("searchspec", "registry"),  # Strict, and each kind's searchable fields for SEARCHABLE
+    ("searchspec", "specerrors"),  # "did you mean" for a search path that is not a field
+    ("searchspec", "results"),  # search.metric's mode comes from the metric names defined once in results
     ("specerrors", "registry"),
     ("specerrors", "specfile"),
     ("registry", "models"),  # a built-in kind's build() calls its builder; imported inside build(), so reading a spec loads no torch
@@ -64,6 +70,7 @@ NO_TORCH = {
     "specfile",
     "registry",
     "spec",
+    "searchspec",
     "results",
     "credentials",
     "storage",

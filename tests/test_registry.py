@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from job.registry import BUILT_IN, MODEL_KINDS, MODELS_GROUP, KindSpec, kind_tag
-from job.spec import SEARCHABLE, SpecError, json_schema, parse_spec, resolve_trial
+from job.searchspec import SEARCHABLE
+from job.spec import SpecError, json_schema, parse_spec, resolve_trial
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
 from job.registry import MODEL_KINDS
-from job.spec import SEARCHABLE, AshaSpec, JobSpec, MLPSpec, OptimSpec, SpecError, Strict, load_spec, parse_spec, resolve_trial
+from job.searchspec import SEARCHABLE, AshaSpec, OptimSpec
+from job.spec import JobSpec, MLPSpec, SpecError, Strict, load_spec, parse_spec, resolve_trial
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_FILES = sorted((REPO / "specs").glob("*.yaml"))
