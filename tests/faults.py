@@ -83,14 +83,18 @@ class Driver:
                 assert left > 0, f"no matching line within {timeout_s} s; output so far:\n{self.tail()}"
                 self._changed.wait(min(left, 1.0))
 
-    def finish(self, timeout_s: float) -> int:
-        """Wait for the driver to exit by itself and its output to be read, then kill what it left
-        running (counted in `leftovers`); returns its exit code."""
+    def finish(self, timeout_s: float, settle_s: float = 0.0) -> int:
+        """Wait for the driver to exit by itself and its output to be read, then up to `settle_s` for what
+        it left running to exit too (Ray's workers follow their raylet out within about a second), then
+        kill the rest (counted in `leftovers`); returns its exit code."""
         try:
             code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the driver did not finish within {timeout_s} s; output so far:\n{self.tail()}") from None
         self._reader.join(timeout=30)
+        deadline = time.monotonic() + settle_s
+        while session_pids(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
         self.leftovers = len(session_pids(self.proc.pid))
         self.kill()
         return code

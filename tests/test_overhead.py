@@ -112,9 +112,10 @@ def test_a_killed_trial_retrains_the_epochs_after_its_newest_checkpoint_bit_iden
         workers = trial_workers(driver.pid)
         assert trial_id in workers, f"no worker process for {trial_id} among {workers}"
         os.kill(workers[trial_id], signal.SIGKILL)
-        assert driver.finish(400) == 0, driver.tail()
-        # The driver exits without Python's teardown once the run is committed: its Ray must be gone by then.
-        assert driver.leftovers == 0, f"{driver.leftovers} processes of the sweep's Ray outlived it"
+        assert driver.finish(400, settle_s=15) == 0, driver.tail()
+        # The driver exits without Python's teardown once the run is committed, after stopping its Ray: the
+        # trial workers follow their raylet out within about a second; nothing may stay.
+        assert driver.leftovers == 0, f"{driver.leftovers} processes of the sweep's Ray were still running 15 s after it exited"
     finally:
         driver.kill()
         shutil.rmtree(ray_tmp, ignore_errors=True)
